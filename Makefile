@@ -1,0 +1,39 @@
+# digits: two entry points on a fresh machine, each doing all of its own set-up.
+#   make demo   the main job: quick lab grid -> selection -> export into models/lenet5/
+#   make test   the test suite
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+MNIST_DIR ?= data/mnist
+RUNS_DIR ?= runs
+MODEL_BASE_PATH ?= models/lenet5
+export MNIST_DIR
+# TensorFlow's start-up chatter (CUDA probing, oneDNN notes) hides the progress we print.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv demo test lint protos clean
+
+$(VENV)/.installed: requirements/*.txt
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PYTHON) -m training grid --grid quick --runs-dir $(RUNS_DIR)
+	$(PYTHON) -m training export --runs-dir $(RUNS_DIR)/quick --model-base-path $(MODEL_BASE_PATH)
+
+test: venv
+	$(PYTHON) -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+protos: venv
+	$(PYTHON) scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""digits client: the contract, tensor codecs, REST and gRPC clients, CLI and Locust users."""

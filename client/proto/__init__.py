@@ -1,0 +1,1 @@
+"""Generated protobuf code for protos/ (python scripts/gen_protos.py). Do not edit."""
