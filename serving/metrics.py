@@ -1,0 +1,85 @@
+"""Prometheus metrics, aware of the several worker processes.
+
+Served at ``/monitoring/prometheus/metrics`` (TF Serving's path) and ``/metrics``. When the
+supervisor runs workers it sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports
+``prometheus_client``; each process then writes its samples to files there and the REST worker
+answering a scrape aggregates them all (gRPC workers included). Without that variable (tests,
+one in-process server) the default registry is used.
+
+Metrics:
+- ``serving_requests_total{api,method,code}``: requests by API (rest/grpc), method and gRPC code
+- ``serving_request_latency_seconds{api,method}``: server-side latency histogram
+- ``serving_model_batch_size``: images per ONNX Runtime run
+- ``serving_model_version_available{model,version}``: 1 while a version serves (max over workers)
+- ``serving_model_load_failures_total{model,version}``: failed loads, counted per worker process
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter(
+    "serving_requests", "Requests by API, method and gRPC status code", ["api", "method", "code"]
+)
+LATENCY = Histogram(
+    "serving_request_latency_seconds",
+    "Server-side request latency",
+    ["api", "method"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "serving_model_batch_size",
+    "Images per model run",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+VERSION_AVAILABLE = Gauge(
+    "serving_model_version_available",
+    "1 while the model version is loaded and serving",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+LOAD_FAILURES = Counter(
+    "serving_model_load_failures", "Model versions that failed to load", ["model", "version"]
+)
+
+
+def observe_request(api: str, method: str, code: str, seconds: float) -> None:
+    """Count one finished request and its latency."""
+    REQUESTS.labels(api, method, code).inc()
+    LATENCY.labels(api, method).observe(seconds)
+
+
+def version_loaded(model: str, version: int, loaded: bool) -> None:
+    VERSION_AVAILABLE.labels(model, str(version)).set(1 if loaded else 0)
+
+
+def load_failed(model: str, version: int) -> None:
+    LOAD_FAILURES.labels(model, str(version)).inc()
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every process of this server, and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def forget_dead_process(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay, as Prometheus expects)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,212 @@
+"""The model repository: which versions exist on disk, which are loaded, and their status.
+
+Scans ``--model_base_path`` for integer version directories every
+``--file_system_poll_wait_seconds``. A version is loaded fully (session created, contract
+checked, warm-up inference run) *before* it joins the served set, and the set is replaced by one
+reference assignment, so a request that already holds a version finishes on it. A version that
+fails to load is reported in status with its error, is not retried until its files change, and
+does not displace the versions already serving.
+
+Version policy (``--model_version_policy``): ``latest:N`` (default ``latest:1``), ``all``, or
+``specific:V1,V2``. Optional labels (``--version_labels stable=1,canary=2``) name versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from client.contract import ONNX_FILENAME, model_versions, version_path
+from serving.errors import NotFound, Unavailable
+from serving.runtime import LoadedModel, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# TF Serving's ModelVersionStatus.State names.
+LOADING = "LOADING"
+AVAILABLE = "AVAILABLE"
+END = "END"
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One row of GetModelStatus: a version, its state and the error that ended it (if any)."""
+
+    version: int
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+def _fingerprint(directory: Path) -> tuple:
+    """Changes when the version's files change, so a failed version is retried only then."""
+    try:
+        stat = (directory / ONNX_FILENAME).stat()
+        return (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        try:
+            return ("missing", directory.stat().st_mtime_ns)
+        except OSError:
+            return ("gone",)
+
+
+class ModelRepository:
+    """Loads and serves the versions of one model; thread-safe for readers."""
+
+    def __init__(
+        self,
+        model_name: str,
+        base_path: str | Path,
+        *,
+        policy: str = "latest:1",
+        labels: dict[str, int] | None = None,
+        poll_wait_seconds: float = 1.0,
+        warm_up: bool = True,
+        intra_op_threads: int = 1,
+        on_loaded: Callable[[int, bool], None] | None = None,
+        on_load_failed: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.base_path = Path(base_path)
+        self.policy = policy
+        self.labels = dict(labels or {})
+        self.poll_wait_seconds = poll_wait_seconds
+        self.warm_up = warm_up
+        self.intra_op_threads = intra_op_threads
+        self._on_loaded = on_loaded or (lambda version, loaded: None)
+        self._on_load_failed = on_load_failed or (lambda version: None)
+        # Readers take this mapping without a lock: it is only ever replaced, never mutated.
+        self._served: MappingProxyType[int, LoadedModel] = MappingProxyType({})
+        self._status: dict[int, VersionStatus] = {}
+        self._failed: dict[int, tuple] = {}  # version -> fingerprint it failed with
+        self._scan_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- readers (request path) ----------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True while at least one version is AVAILABLE."""
+        return bool(self._served)
+
+    def get(self, version: int | None = None, label: str | None = None) -> LoadedModel:
+        """The version a request asked for (highest served by default)."""
+        served = self._served
+        if label is not None:
+            if label not in self.labels:
+                raise NotFound(f"model {self.model_name!r} has no version label {label!r}")
+            version = self.labels[label]
+        if version is None:
+            if not served:
+                raise Unavailable(f"no version of model {self.model_name!r} is available yet")
+            return served[max(served)]
+        model = served.get(version)
+        if model is not None:
+            return model
+        status = self._status.get(version)
+        if status is not None and status.state == LOADING:
+            raise Unavailable(f"version {version} of model {self.model_name!r} is still loading")
+        raise NotFound(
+            f"model {self.model_name!r} version {version} is not served "
+            f"(available: {sorted(served) or 'none'})"
+        )
+
+    def statuses(self, version: int | None = None) -> list[VersionStatus]:
+        """Status rows, ascending by version; NotFound for a version never seen."""
+        rows = dict(self._status)
+        if version is not None:
+            if version not in rows:
+                raise NotFound(f"model {self.model_name!r} has no version {version}")
+            return [rows[version]]
+        return [rows[v] for v in sorted(rows)]
+
+    # --- the poller ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Scan once now (so a ready server has loaded its model), then poll in the background."""
+        self.poll_once()
+        if self.poll_wait_seconds > 0:
+            self._thread = threading.Thread(target=self._run, name="repository-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_wait_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # a bad scan must not kill the poller; the next one retries
+                logger.exception("repository scan failed")
+
+    def _wanted(self, on_disk: list[int]) -> list[int]:
+        # A version that failed with its current files is no candidate: the one before it stays.
+        candidates = [
+            v
+            for v in on_disk
+            if self._failed.get(v) != _fingerprint(version_path(self.base_path, v))
+        ]
+        if self.policy == "all":
+            return candidates
+        if self.policy.startswith("specific:"):
+            chosen = {int(v) for v in self.policy.split(":", 1)[1].split(",")}
+            return [v for v in candidates if v in chosen]
+        count = int(self.policy.split(":", 1)[1])
+        return candidates[-count:]
+
+    def poll_once(self) -> None:
+        """One scan: load what the policy wants and is new, then swap, then drop the rest."""
+        with self._scan_lock:
+            on_disk = model_versions(self.base_path)
+            wanted = self._wanted(on_disk)
+            served = dict(self._served)
+            for version in wanted:
+                if version not in served:
+                    model = self._load(version)
+                    if model is not None:
+                        served[version] = model
+            # Unload only versions that are neither wanted nor needed as the last one standing.
+            keep = set(wanted) & set(served)
+            if not keep and served:
+                keep = {max(served)}
+            for version in list(served):
+                if version not in keep:
+                    del served[version]
+                    self._status[version] = VersionStatus(version, END)
+                    self._on_loaded(version, False)
+                    logger.info("unloaded %s version %d", self.model_name, version)
+            self._served = MappingProxyType(served)
+            # Forget versions whose directories are gone and which no longer serve.
+            for version in list(self._status):
+                if version not in on_disk and version not in served:
+                    del self._status[version]
+                    self._failed.pop(version, None)
+
+    def _load(self, version: int) -> LoadedModel | None:
+        directory = version_path(self.base_path, version)
+        self._status[version] = VersionStatus(version, LOADING)
+        try:
+            model = LoadedModel(version, directory, self.intra_op_threads)
+            if self.warm_up:
+                model.warm_up()
+        except ModelLoadError as exc:
+            return self._failed_load(version, directory, exc.code, exc.message)
+        except Exception as exc:  # e.g. ORT failing at warm-up on a graph it accepted
+            return self._failed_load(version, directory, "INTERNAL", f"{type(exc).__name__}: {exc}")
+        self._failed.pop(version, None)
+        self._status[version] = VersionStatus(version, AVAILABLE)
+        self._on_loaded(version, True)
+        logger.info("loaded %s version %d from %s", self.model_name, version, directory)
+        return model
+
+    def _failed_load(self, version: int, directory: Path, code: str, message: str) -> None:
+        self._failed[version] = _fingerprint(directory)
+        self._status[version] = VersionStatus(version, END, code, message)
+        self._on_load_failed(version)
+        logger.error("failed to load %s version %d: %s", self.model_name, version, message)
+        return None

@@ -1,0 +1,211 @@
+"""Typed server settings from command-line flags and the environment.
+
+Flag names are TensorFlow Serving's where it has one (``--port``, ``--rest_api_port``,
+``--model_name``, ``--model_base_path``, ``--file_system_poll_wait_seconds``,
+``--enable_batching``, ``--rest_api_num_threads``, ``--grpc_max_threads``,
+``--rest_api_timeout_in_ms``, ``--enable_model_warmup``), so a manifest can swap our image for
+``tensorflow/serving``; the rest are ours. Each flag may also come from the environment as
+``SERVING_<FLAG IN UPPER CASE>`` (e.g. ``SERVING_MODEL_BASE_PATH``). A flag beats the environment
+beats the default; an unknown flag or a malformed value is an error (exit status 2).
+
+Both ``--flag value`` and TF Serving's ``--flag=value`` spellings work; booleans accept
+``--enable_batching``, ``--enable_batching=true`` and ``--enable_batching=false``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.contract import DEFAULT_MODEL_BASE_PATH, GRPC_PORT, MODEL_NAME, REST_PORT
+
+ENV_PREFIX = "SERVING_"
+_POLICY = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")
+_LABELS = re.compile(r"^([A-Za-z0-9_.-]+=[0-9]+)(,[A-Za-z0-9_.-]+=[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads at start-up; each field is one flag."""
+
+    model_name: str = field(default=MODEL_NAME, metadata={"help": "name clients address"})
+    model_base_path: str = field(
+        default=str(DEFAULT_MODEL_BASE_PATH),
+        metadata={"help": "directory holding integer version directories with model.onnx"},
+    )
+    port: int = field(default=GRPC_PORT, metadata={"help": "gRPC port"})
+    rest_api_port: int = field(default=REST_PORT, metadata={"help": "REST port; 0 disables REST"})
+    host: str = field(default="0.0.0.0", metadata={"help": "address both servers bind"})
+    file_system_poll_wait_seconds: float = field(
+        default=1.0,
+        metadata={"help": "seconds between repository scans; 0 scans once at start-up"},
+    )
+    model_version_policy: str = field(
+        default="latest:1",
+        metadata={"help": "versions to serve: latest:N, all, or specific:V1,V2"},
+    )
+    version_labels: str = field(
+        default="", metadata={"help": "labels for versions, e.g. stable=1,canary=2"}
+    )
+    enable_model_warmup: bool = field(
+        default=True, metadata={"help": "run one inference on a new version before it serves"}
+    )
+    enable_batching: bool = field(
+        default=False, metadata={"help": "batch concurrent requests inside each worker"}
+    )
+    max_batch_size: int = field(default=64, metadata={"help": "images per batched model run"})
+    batch_timeout_micros: int = field(
+        default=1000, metadata={"help": "longest wait for a batch to fill"}
+    )
+    max_enqueued_batches: int = field(
+        default=8,
+        metadata={"help": "queue bound in batches; beyond it requests get RESOURCE_EXHAUSTED/429"},
+    )
+    num_workers: int = field(
+        default_factory=lambda: os.cpu_count() or 1,
+        metadata={"help": "worker processes per protocol (REST and gRPC); default: CPU count"},
+    )
+    rest_api_num_threads: int = field(
+        default=1, metadata={"help": "request threads per REST worker process"}
+    )
+    grpc_max_threads: int = field(
+        default=4, metadata={"help": "request threads per gRPC worker process"}
+    )
+    tensorflow_intra_op_parallelism: int = field(
+        default=1,
+        metadata={"help": "ONNX Runtime intra-op threads per worker (1 measured fastest here)"},
+    )
+    rest_api_timeout_in_ms: int = field(
+        default=30000, metadata={"help": "deadline of a REST request inside the server"}
+    )
+    max_request_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata={"help": "largest REST body (413 beyond) and gRPC message accepted"},
+    )
+    shutdown_grace_period_seconds: float = field(
+        default=20.0,
+        metadata={"help": "on SIGTERM, time for in-flight requests before workers are killed"},
+    )
+    access_log: bool = field(
+        default=True, metadata={"help": "log one JSON line per request (probes excluded)"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+    def to_json(self) -> str:
+        """Serialise for a worker process (the environment carries it across exec)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        return cls(**json.loads(text))
+
+    @property
+    def version_label_map(self) -> dict[str, int]:
+        """``version_labels`` parsed into label -> version."""
+        if not self.version_labels:
+            return {}
+        return {k: int(v) for k, v in (item.split("=") for item in self.version_labels.split(","))}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _converter(f: dataclasses.Field) -> Any:
+    return {bool: _parse_bool, int: int, float: float, str: str}[
+        {"bool": bool, "int": int, "float": float, "str": str}[f.type]
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flag parser; each field of ``Settings`` is one ``--flag``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="TF Serving-compatible ONNX Runtime model server for the digits model.",
+        allow_abbrev=False,  # a typo must fail, not silently match another flag
+    )
+    for f in dataclasses.fields(Settings):
+        kwargs: dict[str, Any] = {
+            "type": _converter(f),
+            "default": None,
+            "help": f.metadata["help"],
+        }
+        if f.type == "bool":
+            kwargs.update(nargs="?", const=True)
+        parser.add_argument(f"--{f.name}", dest=f.name, **kwargs)
+    return parser
+
+
+def _check(settings: Settings) -> None:
+    problems = []
+    if not settings.model_name:
+        problems.append("--model_name must not be empty")
+    if not _POLICY.match(settings.model_version_policy):
+        problems.append("--model_version_policy must be latest:N, all or specific:V1,V2")
+    if settings.version_labels and not _LABELS.match(settings.version_labels):
+        problems.append("--version_labels must look like stable=1,canary=2")
+    for name in (
+        "num_workers",
+        "rest_api_num_threads",
+        "grpc_max_threads",
+        "max_batch_size",
+        "max_enqueued_batches",
+        "tensorflow_intra_op_parallelism",
+        "max_request_bytes",
+    ):
+        if getattr(settings, name) < 1:
+            problems.append(f"--{name} must be at least 1")
+    for name in ("port", "rest_api_port"):
+        if not 0 <= getattr(settings, name) <= 65535:
+            problems.append(f"--{name} must be a port number")
+    if settings.port == 0:
+        problems.append("--port (gRPC) must not be 0")
+    if settings.port == settings.rest_api_port:
+        problems.append("--port and --rest_api_port must differ")
+    if settings.batch_timeout_micros < 0 or settings.rest_api_timeout_in_ms < 1:
+        problems.append("timeouts must be positive")
+    if settings.shutdown_grace_period_seconds < 0:
+        problems.append("--shutdown_grace_period_seconds must not be negative")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from ``argv`` (default: sys.argv) over ``environ`` (default: os.environ).
+
+    Exits with status 2 and a usage message on an unknown flag or a malformed value.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        flag_value = getattr(args, f.name)
+        if flag_value is not None:
+            values[f.name] = flag_value
+            continue
+        env_value = env.get(ENV_PREFIX + f.name.upper())
+        if env_value is not None:
+            try:
+                values[f.name] = _converter(f)(env_value)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{ENV_PREFIX + f.name.upper()}={env_value!r}: {exc}")
+    settings = Settings(**values)
+    try:
+        _check(settings)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return settings
