@@ -1,0 +1,1 @@
+"""digits training: MNIST data, the lab's models and grid, TensorBoard logging, selection, export."""

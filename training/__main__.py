@@ -1,0 +1,182 @@
+"""Command line of the training job.
+
+Usage examples::
+
+    python -m training list --grid lab                    # the runs of a grid, by index
+    python -m training grid --grid lab                    # the full lab grid, all cores
+    python -m training grid --grid quick                  # one epoch per run (demo, CI)
+    python -m training run --grid lab --index 12          # one run (a pod of the Indexed Job)
+    python -m training report --grid lab                  # results.{json,csv,md} + figures
+    python -m training export --grid lab --model-base-path models/lenet5   # best by validation
+    python -m training export --grid lab --run lenet5-recipe              # a named run
+    tensorboard --logdir runs/lab
+
+Every command reads MNIST from --data-dir (default $MNIST_DIR, else data/mnist; downloaded there
+if missing and the machine is online).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Before TensorFlow loads: oneDNN kernels are 2x faster on our AVX2 CPUs, where TensorFlow
+# leaves them off by default (measured by scripts/bench_training.py).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from client import contract  # noqa: E402
+from training.config import GRIDS, grid  # noqa: E402
+
+log = logging.getLogger("training")
+
+
+def _parse_indexes(text: str | None) -> list[int] | None:
+    """'0-3,7' -> [0, 1, 2, 3, 7]."""
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    over = {}
+    if args.epochs is not None:
+        over["epochs"] = args.epochs
+    if args.train_limit is not None:
+        over["train_limit"] = args.train_limit
+    return over
+
+
+def _override_flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    if args.epochs is not None:
+        flags += ["--epochs", str(args.epochs)]
+    if args.train_limit is not None:
+        flags += ["--train-limit", str(args.train_limit)]
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--grid", default="lab", choices=sorted(GRIDS),
+                        help="which grid (default: lab, the full budgets)")
+    common.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                        help="root of the run directories; a grid lives in RUNS_DIR/GRID "
+                             "(default: runs)")
+    common.add_argument("--data-dir", default=None,
+                        help=f"MNIST directory (default: ${contract.MNIST_DIR_ENV} or "
+                             f"{contract.DEFAULT_MNIST_DIR})")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    knobs = argparse.ArgumentParser(add_help=False)
+    knobs.add_argument("--epochs", type=int, default=None, help="override every run's epochs")
+    knobs.add_argument("--train-limit", type=int, default=None,
+                       help="train on the first N training images only (smoke tests)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("list", parents=[common], help="list the runs of a grid by index")
+
+    p = sub.add_parser("run", parents=[common, knobs], help="train one run of a grid (resumes)")
+    p.add_argument("--index", type=int,
+                   default=int(os.environ["JOB_COMPLETION_INDEX"])
+                   if "JOB_COMPLETION_INDEX" in os.environ else None,
+                   help="run index (default: $JOB_COMPLETION_INDEX, set by an Indexed Job)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="TensorFlow intra-op threads (0: TensorFlow's default)")
+    p.add_argument("--progress", choices=("bar", "lines"), default=None,
+                   help="progress display (default: a bar on a terminal, else lines)")
+
+    p = sub.add_parser("grid", parents=[common, knobs],
+                       help="run a whole grid locally, one process per core")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="runs side by side, each single-threaded (default: number of cores)")
+    p.add_argument("--indexes", default=None, help="only these runs, e.g. '0-3,20'")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
+    sub.add_parser("report", parents=[common],
+                   help="results.json/csv/md and PNG figures of a grid")
+
+    p = sub.add_parser("export", parents=[common],
+                       help="export the best run (by validation accuracy) or a named run")
+    p.add_argument("--run", default=None, help="export this run (name or index) instead")
+    p.add_argument("--model-base-path", type=Path, default=contract.DEFAULT_MODEL_BASE_PATH,
+                   help=f"model repository (default: {contract.DEFAULT_MODEL_BASE_PATH})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    grid_dir = args.runs_dir / args.grid
+
+    if args.command == "list":
+        for index, config in enumerate(grid(args.grid)):
+            print(f"{index:3d}  {config.name:40s} epochs={config.epochs}")
+        return 0
+
+    if args.command == "grid":
+        from training import grid as grid_runner
+
+        statuses = grid_runner.run_grid(args.grid, args.runs_dir, jobs=args.jobs,
+                                        indexes=_parse_indexes(args.indexes),
+                                        data_dir=args.data_dir, overrides=_override_flags(args))
+        if not args.no_report:
+            from training import report
+
+            report.write_report(grid_dir)
+        failed = sorted(i for i, s in statuses.items() if s == "failed")
+        if failed:
+            log.error("runs failed: %s (see their logs; rerun the same command to retry)", failed)
+        return 1 if failed else 0
+
+    if args.command == "report":
+        from training import report
+
+        report.write_report(grid_dir)
+        return 0
+
+    from training import data
+
+    try:
+        mnist = data.load(args.data_dir)
+    except data.DataError as exc:
+        log.error("%s", exc)
+        return 2
+
+    if args.command == "run":
+        if args.index is None:
+            log.error("run needs --index N (or $JOB_COMPLETION_INDEX)")
+            return 2
+        import tensorflow as tf
+
+        if args.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        from training import train
+        from training.config import run_config
+
+        config = run_config(args.grid, args.index).with_overrides(**_overrides(args))
+        bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
+        result = train.run(config, mnist, grid_dir / config.name, index=args.index,
+                           grid=args.grid, progress_bar=bar)
+        return 0 if result["status"] in ("completed", "diverged") else 1
+
+    from training import export
+
+    version = export.export_from_grid(grid_dir, args.model_base_path, mnist, run=args.run)
+    print(f"exported version {version} to {args.model_base_path / str(version)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The lab grid, declared: every run is a frozen :class:`RunConfig`, numbered once and for all.
+
+Run N means the same thing on every machine (a Kubernetes Indexed Job gives pod N run N), so the
+list below is only ever appended to. Two grids share the runs: ``lab`` (the full budgets) and
+``quick`` (one epoch each, for demos and CI).
+
+Run order in both grids:
+  0       softmax regression (the lab's Section 1: SGD 0.01, batch 128)
+  1-16    LeNet-5 grid: optimizer {sgd, adam} x learning rate {0.001, 0.0001}
+          x activation {sigmoid, relu} x batch size {50, 128}
+  17-19   the lab's other LeNet-5 runs: sigmoid SGD 0.1, relu SGD 0.1, relu Adam 0.1 (diverges)
+  20      dropout (keep 0.75) on the lab's best config, relu/adam/0.001/128
+  21      faithful LeNet-5 (same 61,706 parameters), trained with our recipe: random shifts and
+          rotations, cosine learning-rate decay, dropout
+  22      optimized LeNet-5-sized model (<= 100k parameters): batch norm, wider convolutions,
+          the same recipe
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+MODELS = ("softmax", "lenet5", "lenet5_bn")
+OPTIMIZERS = ("sgd", "adam")
+ACTIVATIONS = ("sigmoid", "relu")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: architecture and training knobs, all a run needs to be reproduced."""
+
+    name: str
+    group: str  # softmax | grid | lab | dropout | recipe | optimized (for reports)
+    model: str = "lenet5"  # softmax | lenet5 (the lab's) | lenet5_bn (optimized)
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    activation: str = "relu"
+    batch_size: int = 128
+    dropout: float = 0.0  # drop rate: the lab's keep probability 0.75 is dropout 0.25
+    augment: bool = False  # random shifts/rotations/zoom of the training images
+    schedule: str = "constant"  # learning rate: constant, or cosine decay to zero
+    epochs: int = 10
+    seed: int = 1
+    train_limit: int | None = None  # train on the first N training images only (tests)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "model": self.model in MODELS,
+            "optimizer": self.optimizer in OPTIMIZERS,
+            "activation": self.activation in ACTIVATIONS,
+            "schedule": self.schedule in SCHEDULES,
+            "learning_rate": self.learning_rate > 0,
+            "batch_size": self.batch_size > 0,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "epochs": self.epochs > 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"run {self.name!r}: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+    def with_overrides(self, **overrides: Any) -> RunConfig:
+        """A copy with checked overrides: an unknown key or a wrong type is an error."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for key, value in overrides.items():
+            if key not in fields:
+                raise KeyError(f"unknown run setting {key!r}; known: {', '.join(fields)}")
+            current = getattr(self, key)
+            if current is not None and value is not None and not isinstance(value, type(current)):
+                if not (isinstance(current, float) and isinstance(value, int)):
+                    raise TypeError(f"{key} must be {type(current).__name__}, got {value!r}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(**data)
+
+
+def _lab_runs() -> list[RunConfig]:
+    runs = [RunConfig("softmax-sgd-0.01-b128", "softmax", model="softmax", optimizer="sgd",
+                      learning_rate=0.01, batch_size=128)]
+    for optimizer, lr, activation, batch in itertools.product(
+        OPTIMIZERS, (0.001, 0.0001), ACTIVATIONS, (50, 128)
+    ):
+        runs.append(RunConfig(f"lenet5-{optimizer}-{lr}-{activation}-b{batch}", "grid",
+                              optimizer=optimizer, learning_rate=lr, activation=activation,
+                              batch_size=batch))
+    for optimizer, activation in (("sgd", "sigmoid"), ("sgd", "relu"), ("adam", "relu")):
+        runs.append(RunConfig(f"lenet5-{optimizer}-0.1-{activation}-b128", "lab",
+                              optimizer=optimizer, learning_rate=0.1, activation=activation))
+    runs.append(RunConfig("lenet5-adam-0.001-relu-b128-dropout", "dropout", dropout=0.25))
+    recipe = dict(optimizer="adam", learning_rate=0.002, activation="relu", batch_size=128,
+                  augment=True, schedule="cosine", epochs=30)
+    runs.append(RunConfig("lenet5-recipe", "recipe", dropout=0.25, **recipe))
+    runs.append(RunConfig("lenet5bn-recipe", "optimized", model="lenet5_bn", dropout=0.25,
+                          **recipe))
+    return runs
+
+
+LAB = tuple(_lab_runs())
+GRIDS = {
+    "lab": LAB,
+    "quick": tuple(run.with_overrides(epochs=1) for run in LAB),
+}
+
+
+def grid(name: str) -> tuple[RunConfig, ...]:
+    try:
+        return GRIDS[name]
+    except KeyError:
+        raise KeyError(f"unknown grid {name!r}; known: {', '.join(GRIDS)}") from None
+
+
+def run_config(grid_name: str, index: int) -> RunConfig:
+    runs = grid(grid_name)
+    if not 0 <= index < len(runs):
+        raise IndexError(f"grid {grid_name!r} has runs 0..{len(runs) - 1}, not {index}")
+    return runs[index]

@@ -1,0 +1,83 @@
+"""Run a grid locally: one single-threaded process per run, as many side by side as cores.
+
+Two single-threaded TensorFlow processes train faster together than one process with two threads
+(measured: scripts/bench_training.py), so the runner never oversubscribes: ``--jobs`` processes,
+each with one intra-op and one inter-op thread. Each run is ``python -m training run --index N``,
+exactly what a pod of the Kubernetes Indexed Job executes. Finished runs are skipped, so a killed
+grid resumes where it stopped (and each run resumes from its last epoch). A run that fails is
+recorded as ``failed`` and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from training import records
+from training.config import RunConfig, grid
+
+log = logging.getLogger(__name__)
+
+# Relative cost of one epoch, to start the longest runs first (measured on a 2-core CPU).
+_MODEL_COST = {"softmax": 0.1, "lenet5": 1.0, "lenet5_bn": 3.0}
+
+
+def cost(config: RunConfig) -> float:
+    per_epoch = _MODEL_COST[config.model] * (1.3 if config.batch_size < 100 else 1.0)
+    return config.epochs * per_epoch * (1.3 if config.augment else 1.0)
+
+
+def is_done(run_dir: Path) -> bool:
+    result = records.read_result(run_dir)
+    return result is not None and result.get("status") in records.FINISHED
+
+
+def run_dir_for(runs_dir: Path, config: RunConfig) -> Path:
+    return runs_dir / config.name
+
+
+def _run_child(index: int, grid_name: str, runs_dir: Path, data_dir: str | None,
+               overrides: list[str]) -> int:
+    cmd = [sys.executable, "-m", "training", "run", "--grid", grid_name, "--index", str(index),
+           "--runs-dir", str(runs_dir), "--threads", "1", *overrides]
+    if data_dir:
+        cmd += ["--data-dir", data_dir]
+    return subprocess.call(cmd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def run_grid(grid_name: str, runs_dir: Path, *, jobs: int, indexes: list[int] | None = None,
+             data_dir: str | None = None, overrides: list[str] | None = None,
+             configs: tuple[RunConfig, ...] | None = None) -> dict[int, str]:
+    """Run (or resume) every selected run under ``runs_dir/grid_name``; returns index -> status."""
+    configs = configs or grid(grid_name)
+    grid_dir = runs_dir / grid_name
+    selected = indexes if indexes is not None else list(range(len(configs)))
+    pending = [i for i in selected if not is_done(run_dir_for(grid_dir, configs[i]))]
+    pending.sort(key=lambda i: -cost(configs[i]))  # longest first: the grid ends sooner
+    statuses = {i: records.read_result(run_dir_for(grid_dir, configs[i]))["status"]
+                for i in selected if i not in pending}
+    log.info("grid %s: %d runs, %d already done, %d to run with %d parallel processes",
+             grid_name, len(selected), len(statuses), len(pending), jobs)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(_run_child, i, grid_name, runs_dir, data_dir, overrides or []): i
+                   for i in pending}
+        for done, future in enumerate(as_completed(futures), start=1):
+            index = futures[future]
+            config = configs[index]
+            result = records.read_result(run_dir_for(grid_dir, config))
+            if future.result() != 0 or result is None:
+                result = {"name": config.name, "index": index, "grid": grid_name,
+                          "group": config.group, "status": records.FAILED,
+                          "config": config.to_dict(), "exit_code": future.result()}
+                records.write_json_atomic(run_dir_for(grid_dir, config) / records.RESULT_FILE, result)
+            statuses[index] = result["status"]
+            log.info("[%d/%d done, %.0fs] run %d %s: %s (validation %s)", done, len(pending),
+                     time.monotonic() - started, index, config.name, result["status"],
+                     result.get("validation_accuracy"))
+    return statuses

@@ -1,0 +1,98 @@
+"""The lab's models as plain Keras graphs: softmax regression, LeNet-5, and an optimized LeNet-5.
+
+All return logits (the loss is computed from logits; the lab's clipped log of the softmax was a
+bug). The exported serving model adds the softmax and the argmax (see training/export.py).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from client import contract
+from training.config import RunConfig
+
+LENET5_PARAMETERS = 61_706  # the lab's count; tests/training checks it
+OPTIMIZED_PARAMETER_LIMIT = 100_000
+
+
+def _lab_init() -> dict:
+    # The lab's initialisation: weights truncated normal (stddev 0.1), biases 0.1.
+    return dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+                bias_initializer=keras.initializers.Constant(0.1))
+
+
+def softmax_regression() -> keras.Model:
+    """Section 1 of the lab: 784 -> 10, one affine layer."""
+    image = keras.Input(contract.INPUT_SHAPE, name=contract.INPUT_NAME)
+    x = layers.Flatten()(image)
+    logits = layers.Dense(contract.NUM_CLASSES, name="logits", kernel_initializer="zeros")(x)
+    return keras.Model(image, logits, name="softmax_regression")
+
+
+def lenet5(activation: str = "relu", dropout: float = 0.0) -> keras.Model:
+    """LeNet-5 as in the lab: 61,706 trainable parameters."""
+    init = _lab_init()
+    image = keras.Input(contract.INPUT_SHAPE, name=contract.INPUT_NAME)
+    x = layers.Conv2D(6, 5, padding="same", activation=activation, name="conv1", **init)(image)
+    x = layers.MaxPooling2D(2, name="pool1")(x)  # 14x14x6
+    x = layers.Conv2D(16, 5, padding="valid", activation=activation, name="conv2", **init)(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)  # 5x5x16
+    x = layers.Flatten(name="flatten")(x)  # 400
+    x = layers.Dense(120, activation=activation, name="fc1", **init)(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout1")(x)
+    x = layers.Dense(84, activation=activation, name="fc2", **init)(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout2")(x)
+    logits = layers.Dense(contract.NUM_CLASSES, name="logits", **init)(x)
+    return keras.Model(image, logits, name="lenet5")
+
+
+def lenet5_bn(activation: str = "relu", dropout: float = 0.0) -> keras.Model:
+    """LeNet-5's conv/pool/FC skeleton, wider convolutions, batch norm: under 100k parameters.
+
+    conv 5x5x16 'same' -> pool -> conv 5x5x32 'valid' -> pool -> FC 80 -> FC 64 -> FC 10.
+    Batch norm after every hidden layer (its bias replaces the layer's).
+    """
+
+    def block(x, layer, name):
+        x = layer(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.Activation(activation, name=f"{name}_act")(x)
+
+    image = keras.Input(contract.INPUT_SHAPE, name=contract.INPUT_NAME)
+    x = block(image, layers.Conv2D(16, 5, padding="same", use_bias=False, name="conv1"), "conv1")
+    x = layers.MaxPooling2D(2, name="pool1")(x)  # 14x14x16
+    x = block(x, layers.Conv2D(32, 5, padding="valid", use_bias=False, name="conv2"), "conv2")
+    x = layers.MaxPooling2D(2, name="pool2")(x)  # 5x5x32
+    x = layers.Flatten(name="flatten")(x)  # 800
+    x = block(x, layers.Dense(80, use_bias=False, name="fc1"), "fc1")
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout1")(x)
+    x = block(x, layers.Dense(64, use_bias=False, name="fc2"), "fc2")
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout2")(x)
+    logits = layers.Dense(contract.NUM_CLASSES, name="logits")(x)
+    return keras.Model(image, logits, name="lenet5_bn")
+
+
+def build(config: RunConfig) -> keras.Model:
+    """The model a run trains (logits out)."""
+    if config.model == "softmax":
+        return softmax_regression()
+    if config.model == "lenet5":
+        return lenet5(config.activation, config.dropout)
+    return lenet5_bn(config.activation, config.dropout)
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Training-time distortions: small rotations, shifts and zooms, as in LeCun 1998/Simard 2003."""
+    return keras.Sequential(
+        [
+            layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+        ],
+        name="augment",
+    )

@@ -1,0 +1,35 @@
+"""Run records on disk: file names, statuses, atomic JSON writes (no TensorFlow import here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
+FINISHED = (COMPLETED, DIVERGED)  # a grid does not run these again
+RESULT_FILE, CONFIG_FILE, MODEL_FILE, HISTORY_FILE = (
+    "result.json", "config.json", "model.keras", "history.csv")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / RESULT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_results(grid_dir: Path) -> list[dict[str, Any]]:
+    """Every result record under a grid directory, whichever machine wrote it, by run index."""
+    results = [json.loads(p.read_text()) for p in sorted(grid_dir.glob(f"*/{RESULT_FILE}"))]
+    return sorted(results, key=lambda r: (r.get("index") is None, r.get("index") or 0))

@@ -1,0 +1,190 @@
+"""One training run: tf.data input, Keras fit, TensorBoard, per-epoch checkpoints, resume, result.
+
+A run directory holds everything of one run::
+
+    <run_dir>/config.json       the RunConfig (a run can be resumed or re-exported without guessing)
+    <run_dir>/backup/           Keras BackupAndRestore state (weights, optimizer, epoch), every epoch
+    <run_dir>/history.csv       per-epoch loss/accuracy/val_accuracy (appended across resumes)
+    <run_dir>/tb/               TensorBoard: batch loss, epoch accuracies, graph, HParams
+    <run_dir>/model.keras       the trained model (logits out), written when the run ends
+    <run_dir>/result.json       the result record (the lab's keys + ours), written last, atomically
+
+Killed at any point, the same command resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+from training import models
+from training.records import (COMPLETED, CONFIG_FILE, DIVERGED, HISTORY_FILE, MODEL_FILE,
+                              RESULT_FILE, write_json_atomic)
+from training.config import RunConfig
+from training.data import Mnist
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 1000
+
+
+def hparams_of(config: RunConfig) -> dict[str, Any]:
+    """The run's settings as HParams (TensorBoard's table needs scalars, not None)."""
+    return {k: (v if v is not None else -1) for k, v in config.to_dict().items() if k != "name"}
+
+
+def _dataset(images, labels, batch, *, shuffle_seed=None, augment=None) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if shuffle_seed is not None:
+        # Reshuffled every epoch (the lab's next_batch did the same).
+        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
+    return ds.prefetch(2)
+
+
+def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
+    if config.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(config.learning_rate,
+                                                    decay_steps=config.epochs * steps_per_epoch)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr)
+    return keras.optimizers.Adam(lr)
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """One progress line per epoch (the grid runs several runs side by side) + elapsed time."""
+
+    def __init__(self, name: str, epochs: int, elapsed_file: Path):
+        super().__init__()
+        self.name, self.epochs, self.elapsed_file = name, epochs, elapsed_file
+        self.previous = float(elapsed_file.read_text()) if elapsed_file.exists() else 0.0
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.previous + time.monotonic() - self.started
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.elapsed_file.write_text(f"{self.elapsed():.3f}")
+        log.info("%s epoch %d/%d loss %.4f acc %.4f val_acc %.4f (%.0fs)", self.name, epoch + 1,
+                 self.epochs, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
+                 logs.get("val_accuracy", math.nan), self.elapsed())
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """Per-epoch history; an epoch repeated after a resume keeps its last record."""
+    path = run_dir / HISTORY_FILE
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict[str, float]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items()}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
+    logits = model.predict(images, batch_size=EVAL_BATCH, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = None,
+        grid: str | None = None, progress_bar: bool = False) -> dict[str, Any]:
+    """Train one run to the end (resuming if a backup exists) and write its result record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+    keras.utils.set_random_seed(config.seed)
+
+    train_x, train_y = data.train_images, data.train_labels
+    if config.train_limit:
+        train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
+    steps = math.ceil(len(train_x) / config.batch_size)
+    augment = models.augmenter(config.seed) if config.augment else None
+    train_ds = _dataset(train_x, train_y, config.batch_size, shuffle_seed=config.seed,
+                        augment=augment)
+    val_ds = _dataset(data.validation_images, data.validation_labels, EVAL_BATCH)
+
+    model = models.build(config)
+    model.compile(
+        optimizer=_optimizer(config, steps),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    tb_dir = run_dir / "tb"
+    with tf.summary.create_file_writer(str(tb_dir)).as_default():
+        hp.hparams(hparams_of(config), trial_id=config.name)
+    epoch_log = _EpochLog(config.name, config.epochs, run_dir / "elapsed.txt")
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        # CSV before the backup: a kill between the two repeats an epoch (deduplicated on
+        # read) rather than losing its line.
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch",
+                                         delete_checkpoint=False),
+        keras.callbacks.TensorBoard(str(tb_dir), update_freq="batch", write_graph=True),
+        epoch_log,
+    ]
+    log.info("%s: %d parameters, %d epochs of %d steps", config.name, model.count_params(),
+             config.epochs, steps)
+    fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                    verbose=1 if progress_bar else 0)
+    losses = [row["loss"] for row in read_history(run_dir)] + fit.history.get("loss", [])
+    diverged = any(not math.isfinite(x) for x in losses) or not all(
+        np.isfinite(w).all() for w in model.get_weights())
+
+    result: dict[str, Any] = {
+        # The lab's keys ...
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "activation_function": config.activation,
+        "batch_size": config.batch_size,
+        "training_accuracy": None,
+        "validation_accuracy": None,
+        "test_accuracy": None,
+        "elapsed_time": round(epoch_log.elapsed(), 3),
+        # ... and ours.
+        "name": config.name,
+        "index": index,
+        "grid": grid,
+        "group": config.group,
+        "model": config.model,
+        "epochs": config.epochs,
+        "epochs_run": len(read_history(run_dir)),
+        "parameter_count": int(model.count_params()),
+        "seed": config.seed,
+        "status": DIVERGED if diverged else COMPLETED,
+        "config": config.to_dict(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "data_checksums": data.checksums,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if not diverged:
+        result["training_accuracy"] = _accuracy(model, train_x, train_y)
+        result["validation_accuracy"] = _accuracy(model, data.validation_images,
+                                                  data.validation_labels)
+        result["test_accuracy"] = _accuracy(model, data.test_images, data.test_labels)
+        model.save(run_dir / MODEL_FILE)
+        with tf.summary.create_file_writer(str(tb_dir / "final")).as_default():
+            for key in ("training_accuracy", "validation_accuracy", "test_accuracy"):
+                tf.summary.scalar(key, result[key], step=config.epochs)
+    log.info("%s: %s, train %s val %s test %s in %.0fs", config.name, result["status"],
+             result["training_accuracy"], result["validation_accuracy"],
+             result["test_accuracy"], result["elapsed_time"])
+    write_json_atomic(run_dir / RESULT_FILE, result)
+    return result
