@@ -184,6 +184,7 @@ class DigitsClient(abc.ABC):
     def metadata(self) -> ModelMetadata:
         """The addressed model version's signature map."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections; the client is unusable afterwards."""
 

@@ -91,7 +91,12 @@ def _stretched(grey: np.ndarray, background: float | None) -> np.ndarray:
         # The paper is what the border shows: its median is robust to strokes touching the edge.
         band = max(1, min(grey.shape) // 50)
         border = np.concatenate(
-            [grey[:band].ravel(), grey[-band:].ravel(), grey[:, :band].ravel(), grey[:, -band:].ravel()]
+            [
+                grey[:band].ravel(),
+                grey[-band:].ravel(),
+                grey[:, :band].ravel(),
+                grey[:, -band:].ravel(),
+            ]
         )
         background = float(np.median(border))
         if background > 0.5:  # light paper, dark ink: MNIST wants ink bright on black
@@ -128,9 +133,7 @@ def preprocess_ink(ink: np.ndarray) -> np.ndarray:
     new_w = max(1, round(width * scale))
     new_h = max(1, round(height * scale))
     patch = np.asarray(
-        Image.fromarray(crop.astype(np.float32)).resize(
-            (new_w, new_h), Image.Resampling.LANCZOS
-        )
+        Image.fromarray(crop.astype(np.float32)).resize((new_w, new_h), Image.Resampling.LANCZOS)
     )
     patch = np.clip(patch, 0.0, None)  # Lanczos rings slightly below zero next to strokes
 
@@ -164,7 +167,9 @@ def _load_picture(path: Path) -> np.ndarray:
             image.load()
             return preprocess(image)
     except UnidentifiedImageError:
-        raise InputError(str(path), "not an image (Pillow reads PNG, JPEG, GIF, BMP, TIFF, WebP...)") from None
+        raise InputError(
+            str(path), "not an image (Pillow reads PNG, JPEG, GIF, BMP, TIFF, WebP...)"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise InputError(str(path), f"image too large: {exc}") from None
     except (OSError, SyntaxError) as exc:  # truncated or corrupt image data
@@ -227,7 +232,9 @@ def parse_mnist_spec(spec: str) -> tuple[str, list[int]]:
     """``mnist:t10k:123`` -> ("t10k", [123]); ``mnist:test:0-9`` -> ("test", [0..9])."""
     parts = spec[len(MNIST_PREFIX) :].split(":")
     if len(parts) != 2 or not parts[0] or not parts[1]:
-        raise InputError(spec, "expected mnist:SPLIT:INDEX or mnist:SPLIT:FIRST-LAST (e.g. mnist:t10k:7)")
+        raise InputError(
+            spec, "expected mnist:SPLIT:INDEX or mnist:SPLIT:FIRST-LAST (e.g. mnist:t10k:7)"
+        )
     split, which = parts
     try:
         if "-" in which:
@@ -258,7 +265,9 @@ def _load_mnist(spec: str, directory: str | None) -> list[InputImage]:
     ]
 
 
-def load_inputs(spec: str, *, mnist_directory: str | os.PathLike[str] | None = None) -> list[InputImage]:
+def load_inputs(
+    spec: str, *, mnist_directory: str | os.PathLike[str] | None = None
+) -> list[InputImage]:
     """One CLI argument -> its model inputs; :class:`InputError` says what is wrong with it."""
     if spec.startswith(MNIST_PREFIX):
         return _load_mnist(spec, None if mnist_directory is None else str(mnist_directory))

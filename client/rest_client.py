@@ -27,7 +27,13 @@ from client.api import (
     as_batch,
     checked_prediction,
 )
-from client.errors import DeadlineExceeded, ProtocolError, Unavailable, grpc_code_for_http, server_error
+from client.errors import (
+    DeadlineExceeded,
+    ProtocolError,
+    Unavailable,
+    grpc_code_for_http,
+    server_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +60,7 @@ def model_path(spec: ModelSpec) -> str:
     return path
 
 
-def predict_body(
-    images: np.ndarray, spec: ModelSpec, *, request_format: str = ROW_FORMAT
-) -> bytes:
+def predict_body(images: np.ndarray, spec: ModelSpec, *, request_format: str = ROW_FORMAT) -> bytes:
     """The JSON body of a ``:predict`` request for a float32 [N, 28, 28, 1] batch."""
     batch = as_batch(images)
     if request_format == ROW_FORMAT:
@@ -110,7 +114,9 @@ def parse_status(body: Any) -> list[VersionStatus]:
             for entry in body["model_version_status"]
         ]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProtocolError(f"status answer is not TF Serving's shape: {exc}", protocol=PROTOCOL) from None
+        raise ProtocolError(
+            f"status answer is not TF Serving's shape: {exc}", protocol=PROTOCOL
+        ) from None
 
 
 def _tensor_spec(info: dict[str, Any]) -> TensorSpec:
@@ -144,7 +150,9 @@ def parse_metadata(body: Any) -> ModelMetadata:
             signatures=signatures,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProtocolError(f"metadata answer is not TF Serving's shape: {exc}", protocol=PROTOCOL) from None
+        raise ProtocolError(
+            f"metadata answer is not TF Serving's shape: {exc}", protocol=PROTOCOL
+        ) from None
 
 
 class RestClient(DigitsClient):
@@ -198,7 +206,8 @@ class RestClient(DigitsClient):
             )
         except requests.Timeout as exc:
             raise DeadlineExceeded(
-                "DEADLINE_EXCEEDED", f"no answer from {url} within {self.timeout:g} s ({exc})",
+                "DEADLINE_EXCEEDED",
+                f"no answer from {url} within {self.timeout:g} s ({exc})",
                 protocol=PROTOCOL,
             ) from None
         except requests.ConnectionError as exc:

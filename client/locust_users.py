@@ -1,0 +1,255 @@
+"""Locust users that send real MNIST test digits over REST and gRPC and check every answer.
+
+* :class:`RestDigitsUser` is a ``FastHttpUser`` POSTing TF Serving's ``:predict`` row format.
+* :class:`GrpcDigitsUser` is a plain ``User`` whose gRPC channel carries
+  :class:`LocustInterceptor`, which fires Locust's ``request`` event for every call, as in Locust's
+  own gRPC example, so both protocols land in the same statistics.
+
+A protocol error (HTTP/gRPC error status, an answer not shaped like TF Serving's) is a Locust
+failure; a well-formed answer with the wrong digit is a success for Locust and is counted in
+:mod:`client.locust_stats` as live accuracy instead. Users are closed-loop (no wait): the number
+of users is the number of requests in flight.
+
+Requests are encoded once per process (``DigitPool``) so the load generator spends its CPU on
+sending, not on JSON encoding, and the server is what gets measured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+# grpcio blocks the OS thread unless it cooperates with gevent, which Locust runs on; this must
+# happen before any channel exists in the process.
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from locust import User, constant, task  # noqa: E402
+from locust.contrib.fasthttp import FastHttpUser  # noqa: E402
+from locust.env import Environment  # noqa: E402
+
+from client import contract, grpc_client, rest_client  # noqa: E402
+from client.api import ModelSpec  # noqa: E402
+from client.errors import DigitsError, ProtocolError  # noqa: E402
+from client.grpc_client import GrpcClient, predict_request  # noqa: E402
+from client.grpc_client import parse_predict_response as parse_grpc_answer  # noqa: E402
+from client.locust_stats import LiveStats  # noqa: E402
+from client.mnist_idx import load_split, to_model_input  # noqa: E402
+from client.rest_client import model_path, predict_body  # noqa: E402
+from client.rest_client import parse_predict_response as parse_rest_answer  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REST = rest_client.PROTOCOL
+GRPC = grpc_client.PROTOCOL
+REST_NAME = ":predict"  # Locust stats row names
+GRPC_NAME = "Predict"
+DEFAULT_SAMPLE = 1000  # test digits per process; enough for accuracy to within about 0.5 %
+_SAMPLE_SEED = 20240501  # the same sample in every worker
+
+
+def options(environment: Environment) -> Any:
+    """Our custom command-line options (see the locustfile), with defaults when run bare."""
+    parsed = environment.parsed_options
+    return parsed if parsed is not None else _Defaults()
+
+
+class _Defaults:
+    mnist_dir = None
+    mnist_sample = DEFAULT_SAMPLE
+    model_name = contract.MODEL_NAME
+    grpc_target = ""
+    request_timeout = 10.0
+    live_stats_file = ""
+
+
+def live_stats(environment: Environment) -> LiveStats:
+    """The process's :class:`LiveStats`, attached to the Locust environment."""
+    stats = getattr(environment, "digits_live", None)
+    if stats is None:
+        stats = LiveStats()
+        environment.digits_live = stats  # type: ignore[attr-defined]
+    return stats
+
+
+class DigitPool:
+    """A fixed random sample of MNIST test digits with their requests encoded once."""
+
+    _cache: dict[tuple[Any, ...], DigitPool] = {}
+
+    def __init__(self, mnist_dir: str | None, sample: int, spec: ModelSpec) -> None:
+        images, labels = load_split("t10k", mnist_dir)
+        rng = np.random.default_rng(_SAMPLE_SEED)
+        count = min(max(sample, 1), len(images))
+        self.indices = rng.choice(len(images), size=count, replace=False)
+        pixels = to_model_input(images[self.indices])
+        self.labels = labels[self.indices].astype(int).tolist()
+        self.rest_path = model_path(spec) + ":predict"
+        self.rest_bodies = [predict_body(p[np.newaxis], spec) for p in pixels]
+        self.grpc_requests = [predict_request(p[np.newaxis], spec) for p in pixels]
+        log.info("encoded %d MNIST test digits for REST and gRPC", count)
+
+    @classmethod
+    def get(cls, environment: Environment) -> DigitPool:
+        opts = options(environment)
+        spec = ModelSpec(name=opts.model_name)
+        key = (opts.mnist_dir, int(opts.mnist_sample), spec)
+        if key not in cls._cache:
+            cls._cache[key] = cls(opts.mnist_dir, int(opts.mnist_sample), spec)
+        return cls._cache[key]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _DigitsUserMixin:
+    """Walks the pool from a random start, so users do not all send the same digit."""
+
+    environment: Environment
+    protocol = ""
+
+    def _next(self) -> int:
+        if not hasattr(self, "_position"):
+            self.pool = DigitPool.get(self.environment)
+            self._position = random.randrange(len(self.pool))
+        self._position = (self._position + 1) % len(self.pool)
+        return self._position
+
+    def _count(self, position: int, digit: int) -> None:
+        live_stats(self.environment).answer(
+            self.protocol,
+            index=int(self.pool.indices[position]),
+            label=self.pool.labels[position],
+            digit=digit,
+        )
+
+
+class RestDigitsUser(_DigitsUserMixin, FastHttpUser):
+    """POSTs one MNIST test digit per request to TF Serving's REST ``:predict``."""
+
+    protocol = REST
+    wait_time = constant(0)
+
+    @task
+    def predict(self) -> None:
+        position = self._next()
+        with self.client.post(
+            self.pool.rest_path,
+            data=self.pool.rest_bodies[position],
+            headers={"Content-Type": "application/json"},
+            name=REST_NAME,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {_error_text(response)}")
+                return
+            try:
+                answer = parse_rest_answer(json.loads(response.content or b"null"), expected=1)
+            except (ValueError, ProtocolError) as exc:
+                response.failure(f"malformed answer: {exc}")
+                return
+        self._count(position, int(answer.digits[0]))
+
+
+def _error_text(response: Any) -> str:
+    try:
+        return str(json.loads(response.content)["error"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return (response.text or "")[:200]
+
+
+class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Fires Locust's ``request`` event for every unary call on the channel.
+
+    ``check`` validates a successful answer; if it raises, the call is reported as a failure
+    (a malformed answer is a protocol error even when the status was OK).
+    """
+
+    def __init__(
+        self, environment: Environment, check: Callable[[str, Any], None] | None = None
+    ) -> None:
+        self.environment = environment
+        self.check = check
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001
+        start = time.perf_counter()
+        exception: BaseException | None = None
+        response_length = 0
+        call = continuation(client_call_details, request)
+        try:
+            response = call.result()
+            response_length = response.ByteSize()
+            if self.check is not None:
+                self.check(client_call_details.method, response)
+        except grpc.RpcError as exc:
+            exception = exc
+        except DigitsError as exc:
+            exception = exc
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        method = client_call_details.method
+        self.environment.events.request.fire(
+            request_type=GRPC,
+            name=method.rsplit("/", 1)[-1] if isinstance(method, str) else str(method),
+            response_time=elapsed_ms,
+            response_length=response_length,
+            exception=exception,
+            context={},
+        )
+        return call
+
+
+def _check_answer(method: str, response: Any) -> None:
+    if method == contract.PREDICT_RPC:
+        parse_grpc_answer(response, expected=1)  # raises ProtocolError when malformed
+
+
+class GrpcDigitsUser(_DigitsUserMixin, User):
+    """Calls TF Serving's gRPC ``Predict`` with one MNIST test digit per request.
+
+    The target is ``--grpc-target`` or, without it, the ``--host``'s name with the gRPC port.
+    """
+
+    protocol = GRPC
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        opts = options(self.environment)
+        self.grpc_client = GrpcClient(
+            grpc_target(opts.grpc_target, self.host),
+            ModelSpec(name=opts.model_name),
+            timeout=float(opts.request_timeout),
+            interceptors=[LocustInterceptor(self.environment, _check_answer)],
+        )
+
+    def on_stop(self) -> None:
+        self.grpc_client.close()
+
+    @task
+    def predict(self) -> None:
+        position = self._next()
+        try:
+            answer = self.grpc_client.predict_request(self.pool.grpc_requests[position])
+        except DigitsError:
+            return  # already reported to Locust as a failure by the interceptor
+        self._count(position, int(answer.digits[0]))
+
+
+def grpc_target(explicit: str, host: str | None) -> str:
+    """``--grpc-target``, else the host part of ``--host`` with the contract's gRPC port."""
+    if explicit:
+        return explicit.removeprefix("grpc://")
+    if not host:
+        raise ValueError("give --grpc-target HOST:PORT (or --host) for the gRPC user")
+    name = host.split("://", 1)[-1].split("/", 1)[0]
+    if name.startswith("["):  # IPv6 literal [::1]:8501
+        name = name[: name.index("]") + 1]
+    else:
+        name = name.rsplit(":", 1)[0]
+    return f"{name}:{contract.GRPC_PORT}"

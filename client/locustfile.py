@@ -1,0 +1,139 @@
+"""The Locust file: REST and gRPC users sending MNIST test digits, plus live-accuracy statistics.
+
+Run it alone, or as master + workers (what the Kubernetes manifests run), from the repo root:
+
+  locust -f client/locustfile.py --headless -u 8 -r 8 -t 30s \
+      --host http://127.0.0.1:8501 --grpc-target 127.0.0.1:8500 --mnist-dir data/mnist \
+      --live-stats-file reports/live.json RestDigitsUser GrpcDigitsUser
+
+  locust -f client/locustfile.py --master --expect-workers 2 --headless ...   # + the same args
+  locust -f client/locustfile.py --worker --master-host MASTER                # x2
+
+Workers receive the custom options below from the master. ``python -m client bench`` drives this
+file at several concurrency levels and writes the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from pathlib import Path
+
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+# Locust imports this file by path; make the repository root importable when run from elsewhere.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+from client import contract  # noqa: E402
+from client.locust_stats import REPORT_KEY  # noqa: E402
+from client.locust_users import (  # noqa: E402
+    DEFAULT_SAMPLE,
+    GRPC,
+    REST,
+    DigitPool,
+    GrpcDigitsUser,
+    RestDigitsUser,
+    live_stats,
+)
+
+__all__ = ["GrpcDigitsUser", "RestDigitsUser"]
+
+log = logging.getLogger(__name__)
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser) -> None:  # noqa: ANN001  (Locust's configargparse parser)
+    group = parser.add_argument_group("digits")
+    group.add_argument(
+        "--grpc-target",
+        default="",
+        env_var="LOCUST_GRPC_TARGET",
+        help="gRPC HOST:PORT for GrpcDigitsUser "
+        f"(default: --host's name, port {contract.GRPC_PORT})",
+    )
+    group.add_argument(
+        "--mnist-dir",
+        default=None,
+        env_var=contract.MNIST_DIR_ENV,
+        help=f"directory of the MNIST IDX files (default {contract.DEFAULT_MNIST_DIR})",
+    )
+    group.add_argument(
+        "--mnist-sample",
+        type=int,
+        default=DEFAULT_SAMPLE,
+        env_var="LOCUST_MNIST_SAMPLE",
+        help="how many MNIST test digits each process cycles through",
+    )
+    group.add_argument("--model-name", default=contract.MODEL_NAME, env_var="LOCUST_MODEL_NAME")
+    group.add_argument(
+        "--request-timeout", type=float, default=10.0, help="gRPC deadline per call, seconds"
+    )
+    group.add_argument(
+        "--live-stats-file",
+        default="",
+        env_var="LOCUST_LIVE_STATS_FILE",
+        help="write live accuracy and fine latency percentiles (JSON) here at the end",
+    )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_kwargs: object) -> None:
+    stats = live_stats(environment)
+
+    @environment.events.request.add_listener
+    def _on_request(request_type: str, response_time: float, **_kw: object) -> None:
+        protocol = GRPC if request_type == GRPC else REST
+        stats.latency(protocol, response_time)
+
+    if isinstance(environment.runner, WorkerRunner):
+
+        @environment.events.report_to_master.add_listener
+        def _report(client_id: str, data: dict) -> None:
+            data[REPORT_KEY] = stats.take()
+
+    if isinstance(environment.runner, MasterRunner):
+
+        @environment.events.worker_report.add_listener
+        def _merge(client_id: str, data: dict) -> None:
+            stats.merge(data.get(REPORT_KEY, {}))
+
+    cpu_at_start: list[float] = []
+
+    @environment.events.test_start.add_listener
+    def _start(environment: Environment, **_kw: object) -> None:
+        # Encode the digits before users start, so the first requests are not delayed by it
+        # (and the encoding is not counted as load-generation CPU).
+        if not isinstance(environment.runner, MasterRunner):
+            DigitPool.get(environment)
+        cpu_at_start[:] = [_cpu_seconds()]
+
+    @environment.events.test_stop.add_listener
+    def _stop(environment: Environment, **_kw: object) -> None:
+        if cpu_at_start:
+            stats.add_generator_cpu(_cpu_seconds() - cpu_at_start.pop())
+
+    @environment.events.quit.add_listener
+    def _write(exit_code: int, **_kw: object) -> None:
+        if isinstance(environment.runner, WorkerRunner):
+            return
+        path = getattr(environment.parsed_options, "live_stats_file", "")
+        for protocol, summary in stats.summary().items():
+            log.info(
+                "%s: %d answers, %d wrong digits, live accuracy %.4f",
+                protocol,
+                summary["answers"],
+                summary["wrong"],
+                summary["accuracy"],
+            )
+        if path:
+            stats.write(path)
