@@ -37,6 +37,7 @@ from client.contract import (
 from serving import metrics
 from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, ServingError
+from serving.json_tensor import parse_predict_body
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("serving.access")
@@ -84,6 +85,9 @@ def _array(value: Any, where: str) -> np.ndarray:
 
 def decode_predict_body(data: bytes) -> tuple[str, bool, dict[str, np.ndarray]]:
     """``(signature_name, row_format, inputs)`` from a TF Serving predict body."""
+    fast = parse_predict_body(data)
+    if fast is not None:
+        return fast[0], fast[1], {INPUT_NAME: fast[2]}
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

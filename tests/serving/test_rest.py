@@ -1,0 +1,120 @@
+"""REST adapter over a real data plane (tiny model), through Flask's test client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+from client.contract import (
+    INPUT_NAME,
+    INPUT_SHAPE,
+    LIVENESS_PATH,
+    METRICS_PATH,
+    MODEL_NAME,
+    OUTPUT_DIGIT,
+    OUTPUT_PROBABILITIES,
+    READINESS_PATH,
+    SIGNATURE_NAME,
+)
+from serving.dataplane import DataPlane
+from serving.repository import ModelRepository
+from serving.rest import create_app
+
+PREDICT = f"/v1/models/{MODEL_NAME}:predict"
+
+
+@pytest.fixture
+def dataplane(tiny_repository: Path) -> DataPlane:
+    repository = ModelRepository(MODEL_NAME, tiny_repository, poll_wait_seconds=0)
+    repository.start()
+    return DataPlane(repository)
+
+
+@pytest.fixture
+def client(dataplane: DataPlane) -> FlaskClient:
+    return create_app(dataplane, max_request_bytes=1 << 20, access_log=False).test_client()
+
+
+def _images(n: int) -> np.ndarray:
+    return np.random.default_rng(n).random((n, *INPUT_SHAPE), dtype=np.float32)
+
+
+def test_row_and_columnar_formats_match_the_runtime(client: FlaskClient, dataplane: DataPlane) -> None:
+    images = _images(3)
+    expected = dataplane.repository.get().run(images)
+    row = client.post(PREDICT, json={"instances": images.tolist()}).get_json()
+    assert [p[OUTPUT_DIGIT] for p in row["predictions"]] == expected[OUTPUT_DIGIT].tolist()
+    np.testing.assert_array_equal(
+        np.asarray([p[OUTPUT_PROBABILITIES] for p in row["predictions"]], np.float32),
+        expected[OUTPUT_PROBABILITIES],
+    )
+    for body in (
+        {"inputs": images.reshape(3, 784).tolist()},
+        {"inputs": {INPUT_NAME: images.reshape(3, 28, 28).tolist()}, "signature_name": SIGNATURE_NAME},
+        {"instances": [{INPUT_NAME: image.tolist()} for image in images]},
+    ):
+        response = client.post(PREDICT, json=body)
+        assert response.status_code == 200, response.get_json()
+        got = response.get_json()
+        if "outputs" in got:
+            np.testing.assert_array_equal(
+                np.asarray(got["outputs"][OUTPUT_PROBABILITIES], np.float32), expected[OUTPUT_PROBABILITIES]
+            )
+        else:
+            assert [p[OUTPUT_DIGIT] for p in got["predictions"]] == expected[OUTPUT_DIGIT].tolist()
+
+
+def test_status_metadata_and_probes(client: FlaskClient) -> None:
+    status = client.get(f"/v1/models/{MODEL_NAME}").get_json()
+    assert status == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+    meta = client.get(f"/v1/models/{MODEL_NAME}/versions/1/metadata").get_json()
+    assert meta["model_spec"]["version"] == "1"
+    signature = meta["metadata"]["signature_def"]["signature_def"][SIGNATURE_NAME]
+    assert signature["inputs"][INPUT_NAME]["dtype"] == "DT_FLOAT"
+    assert set(signature["outputs"]) == {OUTPUT_PROBABILITIES, OUTPUT_DIGIT}
+    assert client.get(LIVENESS_PATH).status_code == 200
+    assert client.get(READINESS_PATH).status_code == 200
+    assert b"serving_requests_total" in client.get(METRICS_PATH).data
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "fragment"),
+    [
+        ("POST", PREDICT, b"{not json", 400, "not valid JSON"),
+        ("POST", PREDICT, b'{"instances": [[0.5, 0.5]]}', 400, "shape"),
+        ("POST", PREDICT, json.dumps({"instances": (np.ones((1, 28, 28)) * 255).tolist()}), 400, "255"),
+        ("POST", PREDICT, b'{"instances": [], "inputs": []}', 400, "exactly one"),
+        ("POST", "/v1/models/other:predict", json.dumps({"instances": _images(1).tolist()}), 404, "other"),
+        (
+            "POST",
+            f"/v1/models/{MODEL_NAME}/versions/7:predict",
+            json.dumps({"instances": _images(1).tolist()}),
+            404,
+            "version 7",
+        ),
+        ("POST", f"/v1/models/{MODEL_NAME}/versions/x:predict", b"{}", 400, "integer"),
+        ("GET", f"/v1/models/{MODEL_NAME}/bogus/path", None, 400, "malformed"),
+        ("GET", PREDICT, None, 405, "POST"),
+        ("POST", PREDICT, b"x" * (2 << 20), 413, "larger"),
+        ("GET", "/nowhere", None, 404, ""),
+    ],
+)
+def test_errors_have_tf_serving_shape(
+    client: FlaskClient, method: str, path: str, body, status: int, fragment: str
+) -> None:
+    response = client.open(path, method=method, data=body)
+    assert response.status_code == status
+    assert fragment in response.get_json()["error"]
+
+
+def test_readiness_turns_false_when_draining(client: FlaskClient, dataplane: DataPlane) -> None:
+    dataplane.start_draining()
+    assert client.get(READINESS_PATH).status_code == 503
