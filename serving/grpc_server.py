@@ -64,10 +64,10 @@ class PredictionHandlers:
     def predict(
         self, request: pb.PredictRequest, context: grpc.ServicerContext
     ) -> pb.PredictResponse:
-        name, version, label = _spec(request.model_spec)
         timeout = context.time_remaining()
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("deadline exceeded before the request was served")
+        name, version, label = _spec(request.model_spec)
         try:
             inputs = {key: make_ndarray(tensor) for key, tensor in request.inputs.items()}
         except TensorCodecError as exc:

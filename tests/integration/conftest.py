@@ -88,9 +88,7 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}"
-                )
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             if self.is_ready() and _grpc_ready(self.grpc_target):
                 return
             time.sleep(0.2)
@@ -123,9 +121,7 @@ def _grpc_ready(target: str) -> bool:
 
     with grpc.insecure_channel(target) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2
-            )
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -139,9 +135,7 @@ def copy_repository(source: Path, destination: Path, versions: list[int] | None 
     return destination
 
 
-def start_server(
-    model_base_path: Path, log_path: Path, *extra_args: str, wait: bool = True
-) -> RunningServer:
+def start_server(model_base_path: Path, log_path: Path, *extra_args: str, wait: bool = True) -> RunningServer:
     """Start ``python -m serving`` on free loopback ports and (by default) wait until ready."""
     grpc_port, rest_port = free_port(), free_port()
     args = [
@@ -201,9 +195,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     started: list[RunningServer] = []
 
     def factory(repository: Path, *extra_args: str, wait: bool = True) -> RunningServer:
-        server = start_server(
-            repository, tmp_path / f"server-{len(started)}.log", *extra_args, wait=wait
-        )
+        server = start_server(repository, tmp_path / f"server-{len(started)}.log", *extra_args, wait=wait)
         started.append(server)
         return server
 
