@@ -64,6 +64,7 @@ class LevelResult:
     generator_cpu_us_per_request: float
     generator_processes: int
     server_cpu_us_per_request: float  # NaN without --server-pid
+    load_average: float  # the machine's 1-minute load at the end: others' work shows here
     locust_exit_code: int
 
 
@@ -85,9 +86,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="Locust worker processes (0: one local process, no master); default 1",
     )
-    parser.add_argument(
-        "--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})"
-    )
+    parser.add_argument("--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})")
     parser.add_argument("--out", default="reports/bench", help="report directory")
     parser.add_argument(
         "--server-pid",
@@ -229,8 +228,7 @@ def _run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -
     if not stats_file.is_file() or not live_file.is_file():
         tail = log_path.read_text()[-1500:]
         raise RuntimeError(
-            f"Locust run {name} wrote no statistics (exit {master_code}); "
-            f"its log {log_path}:\n{tail}"
+            f"Locust run {name} wrote no statistics (exit {master_code}); its log {log_path}:\n{tail}"
         )
     return _result(
         protocol,
@@ -321,6 +319,7 @@ def _result(
         generator_cpu_us_per_request=generator_cpu_s / requests * 1e6 if requests else math.nan,
         generator_processes=int(generator.get("processes", 0)),
         server_cpu_us_per_request=server_cpu_s / requests * 1e6 if requests else math.nan,
+        load_average=os.getloadavg()[0],
         locust_exit_code=exit_code,
     )
 
@@ -341,6 +340,7 @@ COLUMNS = [
     ("generator_cpu_cores", "Locust CPU (cores)", "{:.2f}"),
     ("generator_cpu_us_per_request", "Locust CPU µs/req", "{:.0f}"),
     ("server_cpu_us_per_request", "server CPU µs/req", "{:.0f}"),
+    ("load_average", "load avg (1 min)", "{:.1f}"),
 ]
 
 
@@ -361,9 +361,7 @@ def write_report(results: list[LevelResult], out: Path, header: str) -> tuple[Pa
     lines = [header, "", "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"]
     lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
     for r in results:
-        lines.append(
-            "| " + " | ".join(_cell(fmt, getattr(r, key)) for key, _, fmt in COLUMNS) + " |"
-        )
+        lines.append("| " + " | ".join(_cell(fmt, getattr(r, key)) for key, _, fmt in COLUMNS) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     plot(results, png_path)
     return csv_path, md_path, png_path
@@ -392,9 +390,7 @@ def plot(results: list[LevelResult], path: Path) -> None:
                 color=colours[protocol],
                 label=f"{protocol} {key.split('_')[0]}",
             )
-        thr.plot(
-            users, [r.rps for r in rows], "-", marker="o", color=colours[protocol], label=protocol
-        )
+        thr.plot(users, [r.rps for r in rows], "-", marker="o", color=colours[protocol], label=protocol)
     levels = sorted({r.users for r in results})
     for axis in (lat, thr):
         axis.set_xscale("log", base=2)
@@ -455,11 +451,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"{result.live_accuracy:.4f}, Locust CPU {result.generator_cpu_cores:.2f} cores",
                 flush=True,
             )
-    generator = (
-        f"{args.workers} Locust worker process(es) + master"
-        if args.workers
-        else "one Locust process"
-    )
+    generator = f"{args.workers} Locust worker process(es) + master" if args.workers else "one Locust process"
     header = (
         f"Benchmark: {', '.join(protocols)} at {', '.join(map(str, levels))} closed-loop users, "
         f"{args.duration:g} s each, {generator}, {os.cpu_count()} CPU cores shared with the "

@@ -16,9 +16,9 @@ sending, not on JSON encoding, and the server is what gets measured.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +94,7 @@ class DigitPool:
         self.rest_path = model_path(spec) + ":predict"
         self.rest_bodies = [predict_body(p[np.newaxis], spec) for p in pixels]
         self.grpc_requests = [predict_request(p[np.newaxis], spec) for p in pixels]
+        self._walk = itertools.count()
         log.info("encoded %d MNIST test digits for REST and gRPC", count)
 
     @classmethod
@@ -108,19 +109,25 @@ class DigitPool:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def next_position(self) -> int:
+        """The next digit to send, cycling through the sample in its fixed order."""
+        return next(self._walk) % len(self.labels)
+
 
 class _DigitsUserMixin:
-    """Walks the pool from a random start, so users do not all send the same digit."""
+    """Takes the next digit of the process's walk through the pool.
+
+    One walk per process, not one per user: whatever the run's length, the digits sent are the
+    first N of the same fixed sample, so live accuracy is reproducible rather than depending on
+    which window of the sample each user happened to start at.
+    """
 
     environment: Environment
     protocol = ""
 
     def _next(self) -> int:
-        if not hasattr(self, "_position"):
-            self.pool = DigitPool.get(self.environment)
-            self._position = random.randrange(len(self.pool))
-        self._position = (self._position + 1) % len(self.pool)
-        return self._position
+        self.pool = DigitPool.get(self.environment)
+        return self.pool.next_position()
 
     def _count(self, position: int, digit: int) -> None:
         live_stats(self.environment).answer(
@@ -172,9 +179,7 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
     (a malformed answer is a protocol error even when the status was OK).
     """
 
-    def __init__(
-        self, environment: Environment, check: Callable[[str, Any], None] | None = None
-    ) -> None:
+    def __init__(self, environment: Environment, check: Callable[[str, Any], None] | None = None) -> None:
         self.environment = environment
         self.check = check
 

@@ -91,6 +91,7 @@ def test_report_files(tmp_path: Path) -> None:
             generator_cpu_us_per_request=300.0,
             generator_processes=2,
             server_cpu_us_per_request=math.nan,
+            load_average=1.5,
             locust_exit_code=0,
         )
         for protocol in ("REST", "gRPC")
