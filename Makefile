@@ -27,7 +27,7 @@ demo: venv
 	$(PYTHON) -m training export --runs-dir $(RUNS_DIR)/quick --model-base-path $(MODEL_BASE_PATH)
 
 test: venv
-	$(PYTHON) -m pytest
+	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest
 
 lint: venv
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ if missing and the machine is online).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -45,12 +46,24 @@ def _parse_indexes(text: str | None) -> list[int] | None:
     return out
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    over = {}
+def _overrides(args: argparse.Namespace, index: int) -> dict:
+    """Checked run overrides from --epochs, --train-limit and --set [N:]KEY=VALUE."""
+    over: dict = {}
     if args.epochs is not None:
         over["epochs"] = args.epochs
     if args.train_limit is not None:
         over["train_limit"] = args.train_limit
+    for item in args.set:
+        target, _, assignment = item.rpartition(":") if ":" in item.split("=")[0] else ("", "", item)
+        key, sep, text = assignment.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected [INDEX:]KEY=VALUE")
+        if target and int(target) != index:
+            continue
+        try:
+            over[key] = json.loads(text)
+        except json.JSONDecodeError:
+            over[key] = text
     return over
 
 
@@ -60,6 +73,8 @@ def _override_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--epochs", str(args.epochs)]
     if args.train_limit is not None:
         flags += ["--train-limit", str(args.train_limit)]
+    for item in args.set:
+        flags += ["--set", item]
     return flags
 
 
@@ -81,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--epochs", type=int, default=None, help="override every run's epochs")
     knobs.add_argument("--train-limit", type=int, default=None,
                        help="train on the first N training images only (smoke tests)")
+    knobs.add_argument("--set", action="append", default=[], metavar="[INDEX:]KEY=VALUE",
+                       help="override a run setting (JSON value), optionally for one run index "
+                            "only, e.g. --set learning_rate=0.01 --set 19:epochs=3")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", parents=[common], help="list the runs of a grid by index")
@@ -165,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         from training import train
         from training.config import run_config
 
-        config = run_config(args.grid, args.index).with_overrides(**_overrides(args))
+        try:
+            config = run_config(args.grid, args.index).with_overrides(
+                **_overrides(args, args.index))
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            log.error("%s", exc)
+            return 2
         bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
         result = train.run(config, mnist, grid_dir / config.name, index=args.index,
                            grid=args.grid, progress_bar=bar)

@@ -60,7 +60,8 @@ class RunConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"run {self.name!r}: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            raise ValueError(f"run {self.name!r}: invalid {settings}")
 
     def with_overrides(self, **overrides: Any) -> RunConfig:
         """A copy with checked overrides: an unknown key or a wrong type is an error."""

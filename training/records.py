@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; servers and other pods read these
     os.replace(tmp, path)
 
 
@@ -33,3 +35,15 @@ def read_results(grid_dir: Path) -> list[dict[str, Any]]:
     """Every result record under a grid directory, whichever machine wrote it, by run index."""
     results = [json.loads(p.read_text()) for p in sorted(grid_dir.glob(f"*/{RESULT_FILE}"))]
     return sorted(results, key=lambda r: (r.get("index") is None, r.get("index") or 0))
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """Per-epoch history (Keras CSVLogger); an epoch repeated after a resume keeps its last record."""
+    path = run_dir / HISTORY_FILE
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict[str, float]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items()}
+    return [by_epoch[e] for e in sorted(by_epoch)]

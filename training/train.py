@@ -14,7 +14,6 @@ Killed at any point, the same command resumes from the last finished epoch.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import platform
@@ -28,11 +27,20 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
+from client import contract
 from training import models
-from training.records import (COMPLETED, CONFIG_FILE, DIVERGED, HISTORY_FILE, MODEL_FILE,
-                              RESULT_FILE, write_json_atomic)
 from training.config import RunConfig
 from training.data import Mnist
+from training.records import (
+    COMPLETED,
+    CONFIG_FILE,
+    DIVERGED,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RESULT_FILE,
+    read_history,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +93,6 @@ class _EpochLog(keras.callbacks.Callback):
                  logs.get("val_accuracy", math.nan), self.elapsed())
 
 
-def read_history(run_dir: Path) -> list[dict[str, float]]:
-    """Per-epoch history; an epoch repeated after a resume keeps its last record."""
-    path = run_dir / HISTORY_FILE
-    if not path.exists():
-        return []
-    by_epoch: dict[int, dict[str, float]] = {}
-    with path.open() as handle:
-        for row in csv.DictReader(handle):
-            by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items()}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
 def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
     logits = model.predict(images, batch_size=EVAL_BATCH, verbose=0)
     return float(np.mean(np.argmax(logits, axis=1) == labels))
@@ -127,6 +123,10 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     tb_dir = run_dir / "tb"
     with tf.summary.create_file_writer(str(tb_dir)).as_default():
         hp.hparams(hparams_of(config), trial_id=config.name)
+        # The op graph of the model (Keras 3's callback writes only the conceptual graph).
+        forward = tf.function(lambda x: model(x, training=False))
+        spec = tf.TensorSpec((None, *contract.INPUT_SHAPE), tf.float32)
+        tf.summary.graph(forward.get_concrete_function(spec).graph)
     epoch_log = _EpochLog(config.name, config.epochs, run_dir / "elapsed.txt")
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
@@ -141,6 +141,7 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     log.info("%s: %d parameters, %d epochs of %d steps", config.name, model.count_params(),
              config.epochs, steps)
     fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                    shuffle=False,  # tf.data reshuffles every epoch
                     verbose=1 if progress_bar else 0)
     losses = [row["loss"] for row in read_history(run_dir)] + fit.history.get("loss", [])
     diverged = any(not math.isfinite(x) for x in losses) or not all(

@@ -1,0 +1,51 @@
+"""The lab grid is declared completely and the same on every machine."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from training import config
+
+
+def test_lab_grid_expansion():
+    runs = config.grid("lab")
+    assert len(runs) == 23
+    assert len({r.name for r in runs}) == len(runs)
+    grid_runs = [r for r in runs if r.group == "grid"]
+    assert [r.name for r in runs[1:17]] == [r.name for r in grid_runs]
+    assert {(r.optimizer, r.learning_rate, r.activation, r.batch_size) for r in grid_runs} == set(
+        itertools.product(("sgd", "adam"), (0.001, 0.0001), ("sigmoid", "relu"), (50, 128)))
+    assert runs[0].model == "softmax" and (runs[0].optimizer, runs[0].learning_rate) == ("sgd", 0.01)
+    lab = {(r.optimizer, r.learning_rate, r.activation) for r in runs if r.group == "lab"}
+    assert lab == {("sgd", 0.1, "sigmoid"), ("sgd", 0.1, "relu"), ("adam", 0.1, "relu")}
+    dropout = next(r for r in runs if r.group == "dropout")
+    assert (dropout.optimizer, dropout.learning_rate, dropout.activation, dropout.batch_size,
+            dropout.dropout) == ("adam", 0.001, "relu", 128, 0.25)
+    assert runs[-1].model == "lenet5_bn" and runs[-1].group == "optimized"
+
+
+def test_quick_grid_has_the_same_runs_with_one_epoch():
+    lab, quick = config.grid("lab"), config.grid("quick")
+    assert [r.name for r in lab] == [r.name for r in quick]
+    assert {r.epochs for r in quick} == {1}
+
+
+def test_overrides_are_checked():
+    run = config.run_config("lab", 12)
+    assert run.with_overrides(epochs=3).epochs == 3
+    assert run.with_overrides(learning_rate=1).learning_rate == 1  # an int where a float goes
+    with pytest.raises(KeyError, match="unknown run setting 'epoch'"):
+        run.with_overrides(epoch=3)
+    with pytest.raises(TypeError, match="epochs must be int"):
+        run.with_overrides(epochs="3")
+    with pytest.raises(ValueError, match="invalid optimizer='rmsprop'"):
+        run.with_overrides(optimizer="rmsprop")
+
+
+def test_unknown_grid_and_index():
+    with pytest.raises(KeyError, match="unknown grid"):
+        config.grid("huge")
+    with pytest.raises(IndexError, match="runs 0..22"):
+        config.run_config("lab", 23)

@@ -1,0 +1,195 @@
+"""Selection and export: the best run by validation accuracy -> a TF Serving model repository.
+
+One version directory serves both TensorFlow Serving and our ONNX Runtime server::
+
+    <model_base_path>/<version>/saved_model.pb, variables/   SavedModel, signature serving_default
+    <model_base_path>/<version>/model.onnx                   the same function through tf2onnx
+    <model_base_path>/<version>/model-card.json              config, metrics, hashes, parity, data
+
+Both carry the contract's names: input ``image`` float32 [N, 28, 28, 1]; outputs
+``probabilities`` float32 [N, 10] (softmax) and ``digit`` int64 [N] (argmax).
+
+An export must pass the parity gate (ONNX Runtime vs TensorFlow on all test images: max
+|probability difference| <= 1e-5 and identical digits) and is published atomically: built in a
+hidden temporary directory beside the versions, then renamed into place as the next integer
+version, so a reader (a server polling the repository) never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+
+from client import contract
+from training.data import Mnist
+from training.records import COMPLETED, MODEL_FILE, read_results, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-5
+ONNX_OPSET = 17
+TMP_PREFIX = ".tmp-export-"
+
+
+class ExportError(RuntimeError):
+    """No run to export, or an export that failed its checks (nothing was published)."""
+
+
+def select_run(grid_dir: Path, run: str | None = None) -> dict[str, Any]:
+    """The result record to export: ``run`` (name or index), else the best by validation accuracy.
+
+    Test accuracy plays no part in the choice (the lab picked by test accuracy: a bug).
+    """
+    results = [r for r in read_results(grid_dir)
+               if r.get("status") == COMPLETED and (grid_dir / r["name"] / MODEL_FILE).exists()]
+    if run is not None:
+        chosen = [r for r in results if run in (r["name"], str(r.get("index")))]
+        if not chosen:
+            raise ExportError(f"no completed run {run!r} with a saved model in {grid_dir}")
+        return chosen[0]
+    if not results:
+        raise ExportError(f"no completed runs with a saved model in {grid_dir}")
+    # Highest validation accuracy; ties go to the lower index (the simpler, earlier run).
+    return max(results, key=lambda r: (r["validation_accuracy"], -(r.get("index") or 0)))
+
+
+def serving_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
+    """The serving signature: logits model -> {probabilities, digit} under the contract's names."""
+    dtype, shape = contract.INPUT_SPEC[contract.INPUT_NAME]
+    spec = tf.TensorSpec(shape, tf.as_dtype(dtype), name=contract.INPUT_NAME)
+
+    @tf.function(input_signature=[spec])
+    def serve(image):
+        probabilities = tf.nn.softmax(model(image, training=False), axis=-1)
+        return {
+            contract.OUTPUT_PROBABILITIES: probabilities,
+            contract.OUTPUT_DIGIT: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+        }
+
+    return serve
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_parity(version_dir: Path, images: np.ndarray) -> dict[str, Any]:
+    """Compare the written SavedModel (TensorFlow) with model.onnx (ONNX Runtime) on ``images``."""
+    signature = tf.saved_model.load(str(version_dir)).signatures[contract.SIGNATURE_NAME]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(version_dir / contract.ONNX_FILENAME), options,
+                                   providers=["CPUExecutionProvider"])
+    tf_p, tf_d, ort_p, ort_d = [], [], [], []
+    for start in range(0, len(images), 1000):
+        batch = images[start:start + 1000]
+        out = signature(**{contract.INPUT_NAME: tf.constant(batch)})
+        tf_p.append(out[contract.OUTPUT_PROBABILITIES].numpy())
+        tf_d.append(out[contract.OUTPUT_DIGIT].numpy())
+        p, d = session.run(list(contract.OUTPUT_NAMES), {contract.INPUT_NAME: batch})
+        ort_p.append(p)
+        ort_d.append(d)
+    max_diff = float(np.max(np.abs(np.concatenate(tf_p) - np.concatenate(ort_p))))
+    mismatches = int(np.sum(np.concatenate(tf_d) != np.concatenate(ort_d)))
+    return {"images": int(len(images)), "max_abs_probability_difference": max_diff,
+            "digit_mismatches": mismatches, "tolerance": PARITY_TOLERANCE,
+            "passed": max_diff <= PARITY_TOLERANCE and mismatches == 0}
+
+
+def _write_version(model: keras.Model, directory: Path) -> None:
+    serve = serving_function(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(contract.SIGNATURE_NAME, serve)
+    archive.write_out(str(directory), verbose=False)
+    spec = serve.input_signature
+    onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=ONNX_OPSET)
+    names_in = [i.name for i in onnx_model.graph.input]
+    names_out = sorted(o.name for o in onnx_model.graph.output)
+    if names_in != [contract.INPUT_NAME] or names_out != sorted(contract.OUTPUT_NAMES):
+        raise ExportError(f"ONNX graph has inputs {names_in} and outputs {names_out}, "
+                          f"not the contract's")
+    onnx.checker.check_model(onnx_model)
+    onnx.save(onnx_model, str(directory / contract.ONNX_FILENAME))
+
+
+def publish(model: keras.Model, model_base_path: Path, parity_images: np.ndarray,
+            card: dict[str, Any]) -> int:
+    """Export ``model`` as the next version of the repository; returns the version number."""
+    model_base_path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_base_path))
+    try:
+        _write_version(model, tmp)
+        parity = check_parity(tmp, parity_images)
+        if not parity["passed"]:
+            raise ExportError(f"parity gate failed: {parity}")
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        write_json_atomic(tmp / contract.MODEL_CARD_FILENAME, {
+            **card,
+            "model_name": contract.MODEL_NAME,
+            "signature": {"name": contract.SIGNATURE_NAME,
+                          "method": contract.PREDICT_METHOD_NAME,
+                          "inputs": {k: {"dtype": d, "shape": list(s)}
+                                     for k, (d, s) in contract.INPUT_SPEC.items()},
+                          "outputs": {k: {"dtype": d, "shape": list(s)}
+                                      for k, (d, s) in contract.OUTPUT_SPEC.items()}},
+            "parity": parity,
+            "files": {str(p.relative_to(tmp)): _sha256(p) for p in files},
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                         "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+                         "onnx_opset": ONNX_OPSET},
+        })
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a server may run as another user
+        while True:
+            version = max(contract.model_versions(model_base_path), default=0) + 1
+            target = contract.version_path(model_base_path, version)
+            try:
+                target.mkdir()  # claim the number; a concurrent export takes the next one
+            except FileExistsError:
+                continue
+            os.replace(tmp, target)  # atomic: replaces the empty claimed directory
+            break
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("published version %d at %s (parity: max |dp| %.2e, %d digit mismatches)", version,
+             target, parity["max_abs_probability_difference"], parity["digit_mismatches"])
+    return version
+
+
+def export_from_grid(grid_dir: Path, model_base_path: Path, data: Mnist,
+                     run: str | None = None) -> int:
+    """Select a run of a grid (best by validation unless named) and publish it."""
+    result = select_run(grid_dir, run)
+    log.info("exporting %s (validation %.4f, selected %s)", result["name"],
+             result["validation_accuracy"], "by name" if run else "by validation accuracy")
+    model = keras.models.load_model(grid_dir / result["name"] / MODEL_FILE)
+    card = {
+        "run": result["name"],
+        "grid": result.get("grid"),
+        "selection": f"named run {run!r}" if run else "highest validation accuracy",
+        "config": result.get("config"),
+        "metrics": {k: result.get(k) for k in ("training_accuracy", "validation_accuracy",
+                                               "test_accuracy")},
+        "parameter_count": result.get("parameter_count"),
+        "data_checksums": data.checksums,
+    }
+    return publish(model, model_base_path, data.test_images, card)

@@ -1,0 +1,166 @@
+"""Results of a grid: results.json, results.csv, results.md and PNG figures like the lab's.
+
+Reads every ``<grid_dir>/*/result.json`` (runs may come from different machines sharing the
+directory). Figures: test accuracy over the 16-run grid by optimizer, learning rate, activation
+and batch size; training time by optimizer and batch size; learning curves of the selected runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from training.records import COMPLETED, read_history, read_results, write_json_atomic  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("index", "name", "group", "model", "optimizer", "learning_rate",
+           "activation_function", "batch_size", "dropout", "augment", "schedule", "epochs",
+           "parameter_count", "seed", "status", "training_accuracy", "validation_accuracy",
+           "test_accuracy", "elapsed_time")
+
+
+def _row(result: dict[str, Any]) -> dict[str, Any]:
+    config = result.get("config", {})
+    row = {k: result.get(k, config.get(k)) for k in COLUMNS}
+    row["activation_function"] = result.get("activation_function", config.get("activation"))
+    return row
+
+
+def best(results: list[dict[str, Any]], model: str | None = None) -> dict[str, Any] | None:
+    """Highest validation accuracy among completed runs (optionally of one architecture)."""
+    done = [r for r in results if r.get("status") == COMPLETED
+            and (model is None or r.get("model") == model)]
+    return max(done, key=lambda r: (r["validation_accuracy"], -(r.get("index") or 0)),
+               default=None)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if value <= 1 else f"{value:.0f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    cols = ("index", "name", "optimizer", "learning_rate", "activation_function", "batch_size",
+            "dropout", "epochs", "status", "training_accuracy", "validation_accuracy",
+            "test_accuracy", "elapsed_time")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for result in results:
+        row = _row(result)
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_figure(results: list[dict[str, Any]], path: Path) -> None:
+    grid_runs = [_row(r) for r in results if r.get("group") == "grid"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, optimizer in zip(axes, ("sgd", "adam"), strict=True):
+        runs = [r for r in grid_runs if r["optimizer"] == optimizer]
+        combos = sorted({(r["learning_rate"], r["activation_function"]) for r in runs})
+        for offset, batch in ((-0.2, 50), (0.2, 128)):
+            values = []
+            for lr, act in combos:
+                match = [r for r in runs if (r["learning_rate"], r["activation_function"],
+                                             r["batch_size"]) == (lr, act, batch)]
+                values.append((match[0]["test_accuracy"] or 0.0) * 100 if match else 0.0)
+            bars = ax.bar([i + offset for i in range(len(combos))], values, width=0.4,
+                          label=f"batch {batch}")
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(range(len(combos)), [f"lr {lr}\n{act}" for lr, act in combos])
+        ax.set_title(f"LeNet-5, {optimizer.upper()}")
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(loc="lower right")
+    fig.suptitle("Lab grid: test accuracy by optimizer, learning rate, activation, batch size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _time_figure(results: list[dict[str, Any]], path: Path) -> None:
+    grid_runs = [_row(r) for r in results if r.get("group") == "grid" and r.get("elapsed_time")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels, values = [], []
+    for optimizer in ("sgd", "adam"):
+        for batch in (50, 128):
+            times = [r["elapsed_time"] for r in grid_runs
+                     if r["optimizer"] == optimizer and r["batch_size"] == batch]
+            if times:
+                labels.append(f"{optimizer}\nbatch {batch}")
+                values.append(sum(times) / len(times))
+    bars = ax.bar(labels, values, color=["#4c72b0", "#4c72b0", "#dd8452", "#dd8452"][:len(values)])
+    ax.bar_label(bars, fmt="%.0f s")
+    ax.set_ylabel("mean training time per run (s)")
+    ax.set_title("Training time by optimizer and batch size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _curves_figure(grid_dir: Path, runs: list[dict[str, Any]], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        history = read_history(grid_dir / run["name"])
+        if not history:
+            continue
+        epochs = [h["epoch"] + 1 for h in history]
+        axes[0].plot(epochs, [h["loss"] for h in history], label=run["name"])
+        axes[1].plot(epochs, [h["accuracy"] * 100 for h in history], "--",
+                     label=f"{run['name']} train")
+        axes[1].plot(epochs, [h["val_accuracy"] * 100 for h in history],
+                     label=f"{run['name']} validation")
+    axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log", title="Loss")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(95, 100))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Learning curves of the selected runs (best by validation accuracy)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(grid_dir: Path) -> dict[str, Any]:
+    """Write the tables and figures into ``grid_dir``; returns a summary of the selection."""
+    results = read_results(grid_dir)
+    if not results:
+        raise FileNotFoundError(f"no result.json under {grid_dir}")
+    write_json_atomic(grid_dir / "results.json", results)
+    with (grid_dir / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(_row(r) for r in results)
+    overall, faithful = best(results), best(results, "lenet5")
+    summary = {
+        "runs": len(results),
+        "statuses": {s: sum(r.get("status") == s for r in results)
+                     for s in sorted({r.get("status") for r in results})},
+        "total_elapsed_time": sum(r.get("elapsed_time") or 0 for r in results),
+        "best": overall and {k: overall[k] for k in ("name", "validation_accuracy",
+                                                      "test_accuracy")},
+        "best_faithful_lenet5": faithful and {k: faithful[k] for k in (
+            "name", "validation_accuracy", "test_accuracy")},
+    }
+    text = [markdown_table(results), "",
+            f"Selected by validation accuracy: {json.dumps(summary['best'])}",
+            f"Best faithful LeNet-5 by validation accuracy: "
+            f"{json.dumps(summary['best_faithful_lenet5'])}", ""]
+    (grid_dir / "results.md").write_text("\n".join(text))
+    _accuracy_figure(results, grid_dir / "accuracy_grid.png")
+    _time_figure(results, grid_dir / "training_time.png")
+    chosen = [r for r in (overall, faithful) if r]
+    _curves_figure(grid_dir, list({r["name"]: r for r in chosen}.values()),
+                   grid_dir / "learning_curves.png")
+    write_json_atomic(grid_dir / "summary.json", summary)
+    log.info("report of %d runs in %s: best %s", len(results), grid_dir, summary["best"])
+    return summary
