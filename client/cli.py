@@ -61,9 +61,7 @@ def _add_server_args(parser: argparse.ArgumentParser, *, both: bool = False) -> 
         one.add_argument(
             "--rest", metavar="URL", help=f"REST base URL, e.g. http://HOST:{contract.REST_PORT}"
         )
-        one.add_argument(
-            "--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}"
-        )
+        one.add_argument("--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}")
     model = parser.add_argument_group("model")
     model.add_argument("--model-name", default=contract.MODEL_NAME)
     pick = model.add_mutually_exclusive_group()
@@ -196,9 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for r in results:
             label = "" if r["label"] is None else f"  label {r['label']}"
             mark = "" if r["label"] is None or r["label"] == r["digit"] else "  WRONG"
-            print(
-                f"{r['input']:<{width}}  digit {r['digit']}  p={r['probability']:.4f}{label}{mark}"
-            )
+            print(f"{r['input']:<{width}}  digit {r['digit']}  p={r['probability']:.4f}{label}{mark}")
     return EXIT_INPUT if bad else EXIT_OK
 
 

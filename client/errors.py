@@ -43,9 +43,7 @@ class ServerError(DigitsError):
         self, code: str, message: str, *, http_status: int | None = None, protocol: str = ""
     ) -> None:
         self.code = code
-        self.http_status = (
-            http_status if http_status is not None else contract.http_status_for(code)
-        )
+        self.http_status = http_status if http_status is not None else contract.http_status_for(code)
         self.message = message
         self.protocol = protocol
         where = f"{protocol} " if protocol else ""

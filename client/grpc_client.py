@@ -54,9 +54,7 @@ def predict_request(
     images: np.ndarray, spec: ModelSpec, *, output_filter: Sequence[str] = ()
 ) -> pb.PredictRequest:
     """A PredictRequest carrying a float32 [N, 28, 28, 1] batch as ``tensor_content``."""
-    request = pb.PredictRequest(
-        model_spec=model_spec_proto(spec), output_filter=list(output_filter)
-    )
+    request = pb.PredictRequest(model_spec=model_spec_proto(spec), output_filter=list(output_filter))
     request.inputs[contract.INPUT_NAME].CopyFrom(
         make_tensor_proto(as_batch(images), np.float32, use_tensor_content=True)
     )
@@ -97,8 +95,7 @@ def parse_metadata(response: pb.GetModelMetadataResponse) -> ModelMetadata:
         raise ProtocolError("metadata answer has no 'signature_def' entry", protocol=PROTOCOL)
     if packed.type_url != contract.SIGNATURE_DEF_MAP_TYPE_URL:
         raise ProtocolError(
-            f"signature_def holds {packed.type_url!r}, "
-            f"expected {contract.SIGNATURE_DEF_MAP_TYPE_URL!r}",
+            f"signature_def holds {packed.type_url!r}, expected {contract.SIGNATURE_DEF_MAP_TYPE_URL!r}",
             protocol=PROTOCOL,
         )
     # Any.Unpack checks the type_url against our package's name, which differs by design, so
@@ -171,9 +168,7 @@ class GrpcClient(DigitsClient):
         self.target = target.removeprefix("grpc://")
         self.output_filter = tuple(output_filter)
         self._channel = grpc.insecure_channel(self.target, options=channel_options())
-        channel = (
-            grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
-        )
+        channel = grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
         self._predict = channel.unary_unary(
             contract.PREDICT_RPC,
             request_serializer=pb.PredictRequest.SerializeToString,

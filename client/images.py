@@ -70,9 +70,7 @@ def ink_image(image: Image.Image) -> np.ndarray:
     if max(image.size) > MAX_SIDE:
         image = image.copy()
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         alpha = np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
         if alpha.min() < 0.5 < alpha.max():
@@ -103,9 +101,7 @@ def _stretched(grey: np.ndarray, background: float | None) -> np.ndarray:
             grey = 1.0 - grey
             background = 1.0 - background
     # The strongest ink after a 3x3 median filter, so one hot pixel of sensor noise is not "ink".
-    denoised = np.asarray(
-        Image.fromarray(grey.astype(np.float32)).filter(ImageFilter.MedianFilter(3))
-    )
+    denoised = np.asarray(Image.fromarray(grey.astype(np.float32)).filter(ImageFilter.MedianFilter(3)))
     ink = float(denoised.max())
     if ink - background < MIN_CONTRAST:
         raise ValueError("no digit found: the picture is blank or has too little contrast")
@@ -232,9 +228,7 @@ def parse_mnist_spec(spec: str) -> tuple[str, list[int]]:
     """``mnist:t10k:123`` -> ("t10k", [123]); ``mnist:test:0-9`` -> ("test", [0..9])."""
     parts = spec[len(MNIST_PREFIX) :].split(":")
     if len(parts) != 2 or not parts[0] or not parts[1]:
-        raise InputError(
-            spec, "expected mnist:SPLIT:INDEX or mnist:SPLIT:FIRST-LAST (e.g. mnist:t10k:7)"
-        )
+        raise InputError(spec, "expected mnist:SPLIT:INDEX or mnist:SPLIT:FIRST-LAST (e.g. mnist:t10k:7)")
     split, which = parts
     try:
         if "-" in which:
@@ -260,14 +254,11 @@ def _load_mnist(spec: str, directory: str | None) -> list[InputImage]:
         raise InputError(spec, f"index {bad[0]} out of range 0-{len(images) - 1}")
     pixels = to_model_input(images[indices])
     return [
-        InputImage(f"{MNIST_PREFIX}{split}:{i}", pixels[k], int(labels[i]))
-        for k, i in enumerate(indices)
+        InputImage(f"{MNIST_PREFIX}{split}:{i}", pixels[k], int(labels[i])) for k, i in enumerate(indices)
     ]
 
 
-def load_inputs(
-    spec: str, *, mnist_directory: str | os.PathLike[str] | None = None
-) -> list[InputImage]:
+def load_inputs(spec: str, *, mnist_directory: str | os.PathLike[str] | None = None) -> list[InputImage]:
     """One CLI argument -> its model inputs; :class:`InputError` says what is wrong with it."""
     if spec.startswith(MNIST_PREFIX):
         return _load_mnist(spec, None if mnist_directory is None else str(mnist_directory))

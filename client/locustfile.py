@@ -53,8 +53,7 @@ def _add_arguments(parser) -> None:  # noqa: ANN001  (Locust's configargparse pa
         "--grpc-target",
         default="",
         env_var="LOCUST_GRPC_TARGET",
-        help="gRPC HOST:PORT for GrpcDigitsUser "
-        f"(default: --host's name, port {contract.GRPC_PORT})",
+        help=f"gRPC HOST:PORT for GrpcDigitsUser (default: --host's name, port {contract.GRPC_PORT})",
     )
     group.add_argument(
         "--mnist-dir",
@@ -70,9 +69,7 @@ def _add_arguments(parser) -> None:  # noqa: ANN001  (Locust's configargparse pa
         help="how many MNIST test digits each process cycles through",
     )
     group.add_argument("--model-name", default=contract.MODEL_NAME, env_var="LOCUST_MODEL_NAME")
-    group.add_argument(
-        "--request-timeout", type=float, default=10.0, help="gRPC deadline per call, seconds"
-    )
+    group.add_argument("--request-timeout", type=float, default=10.0, help="gRPC deadline per call, seconds")
     group.add_argument(
         "--live-stats-file",
         default="",

@@ -59,9 +59,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", data[4:header])
     count = int(np.prod(shape, dtype=np.int64))
     if len(data) - header != count:
-        raise IdxError(
-            f"{path}: holds {len(data) - header} bytes of data, shape {shape} needs {count}"
-        )
+        raise IdxError(f"{path}: holds {len(data) - header} bytes of data, shape {shape} needs {count}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -76,9 +74,7 @@ def load_split(split: str, directory: str | None = None) -> tuple[np.ndarray, np
     images = read_idx(_find(root, f"{stem}-images-idx3-ubyte"))
     labels = read_idx(_find(root, f"{stem}-labels-idx1-ubyte"))
     if images.shape[1:] != (contract.IMAGE_SIZE, contract.IMAGE_SIZE) or len(images) != len(labels):
-        raise IdxError(
-            f"{root}: {stem} images {images.shape} and labels {labels.shape} do not match"
-        )
+        raise IdxError(f"{root}: {stem} images {images.shape} and labels {labels.shape} do not match")
     return images, labels
 
 

@@ -81,9 +81,7 @@ def parse_predict_response(body: Any, expected: int | None = None) -> Prediction
     try:
         if isinstance(body, dict) and "predictions" in body:
             rows = body["predictions"]
-            probabilities = np.asarray(
-                [row[contract.OUTPUT_PROBABILITIES] for row in rows], dtype=np.float32
-            )
+            probabilities = np.asarray([row[contract.OUTPUT_PROBABILITIES] for row in rows], dtype=np.float32)
             digits = np.asarray([row[contract.OUTPUT_DIGIT] for row in rows], dtype=np.int64)
         elif isinstance(body, dict) and "outputs" in body:
             outputs = body["outputs"]
@@ -114,9 +112,7 @@ def parse_status(body: Any) -> list[VersionStatus]:
             for entry in body["model_version_status"]
         ]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProtocolError(
-            f"status answer is not TF Serving's shape: {exc}", protocol=PROTOCOL
-        ) from None
+        raise ProtocolError(f"status answer is not TF Serving's shape: {exc}", protocol=PROTOCOL) from None
 
 
 def _tensor_spec(info: dict[str, Any]) -> TensorSpec:
@@ -150,9 +146,7 @@ def parse_metadata(body: Any) -> ModelMetadata:
             signatures=signatures,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProtocolError(
-            f"metadata answer is not TF Serving's shape: {exc}", protocol=PROTOCOL
-        ) from None
+        raise ProtocolError(f"metadata answer is not TF Serving's shape: {exc}", protocol=PROTOCOL) from None
 
 
 class RestClient(DigitsClient):
@@ -201,9 +195,7 @@ class RestClient(DigitsClient):
         url = self.base_url + path
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
-            response = self._session.request(
-                method, url, data=body, headers=headers, timeout=self.timeout
-            )
+            response = self._session.request(method, url, data=body, headers=headers, timeout=self.timeout)
         except requests.Timeout as exc:
             raise DeadlineExceeded(
                 "DEADLINE_EXCEEDED",
