@@ -69,8 +69,8 @@ class LevelResult:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rest", metavar="URL", help="REST base URL, e.g. http://HOST:8501")
-    parser.add_argument("--grpc", metavar="HOST:PORT", help="gRPC target, e.g. HOST:8500")
+    parser.add_argument("--rest", metavar="URL", help=f"REST base URL, e.g. http://HOST:{contract.REST_PORT}")
+    parser.add_argument("--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}")
     parser.add_argument("--model-name", default=contract.MODEL_NAME)
     parser.add_argument(
         "--users",

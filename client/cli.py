@@ -51,17 +51,11 @@ def _exit_code_for(error: ServerError) -> int:
 
 
 # --- argument parsing -----------------------------------------------------------------------------
-def _add_server_args(parser: argparse.ArgumentParser, *, both: bool = False) -> None:
+def _add_server_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("server")
-    if both:
-        where.add_argument("--rest", metavar="URL", help="REST base URL, e.g. http://HOST:8501")
-        where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC target, e.g. HOST:8500")
-    else:
-        one = where.add_mutually_exclusive_group(required=True)
-        one.add_argument(
-            "--rest", metavar="URL", help=f"REST base URL, e.g. http://HOST:{contract.REST_PORT}"
-        )
-        one.add_argument("--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}")
+    one = where.add_mutually_exclusive_group(required=True)
+    one.add_argument("--rest", metavar="URL", help=f"REST base URL, e.g. http://HOST:{contract.REST_PORT}")
+    one.add_argument("--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}")
     model = parser.add_argument_group("model")
     model.add_argument("--model-name", default=contract.MODEL_NAME)
     pick = model.add_mutually_exclusive_group()

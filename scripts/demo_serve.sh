@@ -11,7 +11,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-MODEL_BASE_PATH=${1:-models/lenet5}
+MODEL_BASE_PATH=${1:-$("$PYTHON" -c 'from client import contract; print(contract.DEFAULT_MODEL_BASE_PATH)')}
 BENCH_OUT=${BENCH_OUT:-reports/bench}
 BENCH_USERS=${BENCH_USERS:-1,4,16}
 BENCH_SECONDS=${BENCH_SECONDS:-8}

@@ -163,7 +163,7 @@ def test_npy_arrays(mnist_dir: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "bytes_as_float.npy", digits.astype(np.float32))
     with pytest.raises(InputError, match=r"scale them to \[0, 1\]"):
         load_inputs(str(tmp_path / "bytes_as_float.npy"))
-    np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan, np.float32))
+    np.save(tmp_path / "nan.npy", np.full((SIZE, SIZE), np.nan, np.float32))
     with pytest.raises(InputError, match="NaN"):
         load_inputs(str(tmp_path / "nan.npy"))
     np.save(tmp_path / "wrong.npy", np.zeros((5, 3, 3), np.float32))

@@ -126,7 +126,7 @@ def test_rest_status_and_metadata_json() -> None:
     assert status[1].error_message == "bad onnx"
     with pytest.raises(ProtocolError):
         parse_status({"versions": []})
-    dims = [{"size": "-1"}, {"size": "28"}, {"size": "28"}, {"size": "1"}]
+    dims = [{"size": "-1"}] + [{"size": str(n)} for n in contract.INPUT_SHAPE]
     meta = parse_metadata(
         {
             "model_spec": {"name": contract.MODEL_NAME, "version": "2"},
