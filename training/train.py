@@ -52,7 +52,8 @@ def hparams_of(config: RunConfig) -> dict[str, Any]:
     return {k: (v if v is not None else -1) for k, v in config.to_dict().items() if k != "name"}
 
 
-def _dataset(images, labels, batch, *, shuffle_seed=None, augment=None) -> tf.data.Dataset:
+def make_dataset(images, labels, batch, *, shuffle_seed=None, augment=None) -> tf.data.Dataset:
+    """The input pipeline: optional per-epoch reshuffle, batching, optional distortions."""
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle_seed is not None:
         # Reshuffled every epoch (the lab's next_batch did the same).
@@ -61,6 +62,18 @@ def _dataset(images, labels, batch, *, shuffle_seed=None, augment=None) -> tf.da
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
     return ds.prefetch(2)
+
+
+def compile_model(config: RunConfig, steps_per_epoch: int) -> keras.Model:
+    """The run's model, compiled: loss from logits, accuracy, no XLA (slower on our CPUs)."""
+    model = models.build(config)
+    model.compile(
+        optimizer=_optimizer(config, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
+    return model
 
 
 def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -110,16 +123,11 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
     steps = math.ceil(len(train_x) / config.batch_size)
     augment = models.augmenter(config.seed) if config.augment else None
-    train_ds = _dataset(train_x, train_y, config.batch_size, shuffle_seed=config.seed,
+    train_ds = make_dataset(train_x, train_y, config.batch_size, shuffle_seed=config.seed,
                         augment=augment)
-    val_ds = _dataset(data.validation_images, data.validation_labels, EVAL_BATCH)
+    val_ds = make_dataset(data.validation_images, data.validation_labels, EVAL_BATCH)
 
-    model = models.build(config)
-    model.compile(
-        optimizer=_optimizer(config, steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    model = compile_model(config, steps)
     tb_dir = run_dir / "tb"
     with tf.summary.create_file_writer(str(tb_dir)).as_default():
         hp.hparams(hparams_of(config), trial_id=config.name)
