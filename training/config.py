@@ -43,7 +43,7 @@ class RunConfig:
     dropout: float = 0.0  # drop rate: the lab's keep probability 0.75 is dropout 0.25
     augment: bool = False  # random shifts/rotations/zoom of the training images
     schedule: str = "constant"  # learning rate: constant, or cosine decay to zero
-    epochs: int = 10
+    epochs: int = 5  # the lab runs; the two recipe runs train for 30
     seed: int = 1
     train_limit: int | None = None  # train on the first N training images only (tests)
 
