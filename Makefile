@@ -1,5 +1,6 @@
 # digits: two entry points on a fresh machine, each doing all of its own set-up.
-#   make demo   the main job: quick lab grid -> selection -> export into models/lenet5/
+#   make demo   the main job: quick lab grid -> selection -> export into models/lenet5/ ->
+#               serve it, classify sample pictures over REST and gRPC, a short load test
 #   make test   the test suite
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -24,7 +25,8 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PYTHON) -m training grid --grid quick --runs-dir $(RUNS_DIR)
-	$(PYTHON) -m training export --runs-dir $(RUNS_DIR)/quick --model-base-path $(MODEL_BASE_PATH)
+	$(PYTHON) -m training export --grid quick --runs-dir $(RUNS_DIR) --model-base-path $(MODEL_BASE_PATH)
+	PYTHON=$(PYTHON) scripts/demo_serve.sh $(MODEL_BASE_PATH)
 
 test: venv
 	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest
