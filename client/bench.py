@@ -159,7 +159,7 @@ def _locust_command(
         f"{prefix}.html",
         "--only-summary",
         "--loglevel",
-        "WARNING",
+        "INFO",  # the log is a file; Locust says there when a worker goes missing
         "--model-name",
         args.model_name,
         "--request-timeout",
@@ -216,8 +216,10 @@ def _run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -
                 "--master-port",
                 str(port),
                 "--loglevel",
-                "WARNING",
+                "INFO",
             ]
+            if args.mnist_dir:  # so the worker encodes its digits before the test starts
+                worker += ["--mnist-dir", str(args.mnist_dir)]
             processes += [_spawn(worker, env, log_file) for _ in range(args.workers)]
         else:
             processes.append(_spawn(command + [USER_CLASS[protocol]], env, log_file))
@@ -463,7 +465,10 @@ def run_bench(args: argparse.Namespace) -> int:
     print(md_path.read_text())
     print(f"report: {md_path}  {csv_path}\nplot:   {png_path}\nLocust: {out / 'locust'}/")
     failed = sum(r.failures for r in results)
-    if failed or any(r.requests == 0 for r in results):
-        print(f"error: the benchmark saw {failed} failed requests", file=sys.stderr)
+    empty = [f"{r.protocol} u={r.users}" for r in results if r.requests == 0]
+    if failed or empty:
+        problems = [f"{failed} failed requests"] if failed else []
+        problems += [f"no requests at {', '.join(empty)} (see its Locust log)"] if empty else []
+        print(f"error: the benchmark saw {'; '.join(problems)}", file=sys.stderr)
         return EXIT_UNHEALTHY
     return EXIT_OK

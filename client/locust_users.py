@@ -29,6 +29,7 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import gevent  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, constant, task  # noqa: E402
@@ -92,8 +93,15 @@ class DigitPool:
         pixels = to_model_input(images[self.indices])
         self.labels = labels[self.indices].astype(int).tolist()
         self.rest_path = model_path(spec) + ":predict"
-        self.rest_bodies = [predict_body(p[np.newaxis], spec) for p in pixels]
-        self.grpc_requests = [predict_request(p[np.newaxis], spec) for p in pixels]
+        self.rest_bodies: list[bytes] = []
+        self.grpc_requests = []
+        for k, image in enumerate(pixels):
+            self.rest_bodies.append(predict_body(image[np.newaxis], spec))
+            self.grpc_requests.append(predict_request(image[np.newaxis], spec))
+            if k % 50 == 49:
+                # Let Locust's heartbeat greenlet run: on a busy machine a worker that is silent
+                # for 3 s is declared missing and the master stops the test.
+                gevent.sleep(0)
         self._walk = itertools.count()
         log.info("encoded %d MNIST test digits for REST and gRPC", count)
 

@@ -40,6 +40,7 @@ from client.locust_users import (  # noqa: E402
     RestDigitsUser,
     live_stats,
 )
+from client.mnist_idx import IdxError  # noqa: E402
 
 __all__ = ["GrpcDigitsUser", "RestDigitsUser"]
 
@@ -103,6 +104,14 @@ def _on_init(environment: Environment, **_kwargs: object) -> None:
         @environment.events.worker_report.add_listener
         def _merge(client_id: str, data: dict) -> None:
             stats.merge(data.get(REPORT_KEY, {}))
+
+    if not isinstance(environment.runner, MasterRunner) and environment.parsed_options is not None:
+        # Encode the digits now, before this process takes part in a test. A worker's own options
+        # may lack the MNIST directory the master will send; then it is loaded at test start.
+        try:
+            DigitPool.get(environment)
+        except IdxError as exc:
+            log.info("MNIST digits not loaded yet (%s); will load at test start", exc)
 
     cpu_at_start: list[float] = []
 
