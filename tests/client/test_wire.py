@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ from client.rest_client import (
 )
 
 RNG = np.random.default_rng(0)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _images(n: int) -> np.ndarray:
@@ -214,7 +216,9 @@ def test_error_family() -> None:
 
 
 def _imports_in_fresh_python(code: str) -> None:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
