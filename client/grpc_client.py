@@ -191,9 +191,13 @@ class GrpcClient(DigitsClient):
 
     def predict_request(self, request: pb.PredictRequest) -> Prediction:
         """Send a prepared request (the Locust user builds its requests once and reuses them)."""
-        response = self._invoke(self._predict, request)
+        response = self.send_predict(request)
         expected = request.inputs[contract.INPUT_NAME].tensor_shape.dim[0].size
         return parse_predict_response(response, expected=expected)
+
+    def send_predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        """Send a prepared request and return the answer undecoded (errors still typed)."""
+        return self._invoke(self._predict, request)
 
     def status(self) -> list[VersionStatus]:
         request = pb.GetModelStatusRequest(model_spec=model_spec_proto(self.spec))

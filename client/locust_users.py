@@ -37,7 +37,7 @@ from locust.contrib.fasthttp import FastHttpUser  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
 from client import contract, grpc_client, rest_client  # noqa: E402
-from client.api import ModelSpec  # noqa: E402
+from client.api import ModelSpec, Prediction  # noqa: E402
 from client.errors import DigitsError, ProtocolError  # noqa: E402
 from client.grpc_client import GrpcClient, predict_request  # noqa: E402
 from client.grpc_client import parse_predict_response as parse_grpc_answer  # noqa: E402
@@ -133,8 +133,11 @@ class _DigitsUserMixin:
     environment: Environment
     protocol = ""
 
+    pool: DigitPool | None = None
+
     def _next(self) -> int:
-        self.pool = DigitPool.get(self.environment)
+        if self.pool is None:  # looked up once per user: the lookup costs more than a send
+            self.pool = DigitPool.get(self.environment)
         return self.pool.next_position()
 
     def _count(self, position: int, digit: int) -> None:
@@ -218,11 +221,6 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
         return call
 
 
-def _check_answer(method: str, response: Any) -> None:
-    if method == contract.PREDICT_RPC:
-        parse_grpc_answer(response, expected=1)  # raises ProtocolError when malformed
-
-
 class GrpcDigitsUser(_DigitsUserMixin, User):
     """Calls TF Serving's gRPC ``Predict`` with one MNIST test digit per request.
 
@@ -238,8 +236,14 @@ class GrpcDigitsUser(_DigitsUserMixin, User):
             grpc_target(opts.grpc_target, self.host),
             ModelSpec(name=opts.model_name),
             timeout=float(opts.request_timeout),
-            interceptors=[LocustInterceptor(self.environment, _check_answer)],
+            interceptors=[LocustInterceptor(self.environment, self._check_answer)],
         )
+        self._answer: Prediction | None = None
+
+    def _check_answer(self, method: str, response: Any) -> None:
+        """Decode the answer once, inside the timed call: a malformed one is a Locust failure."""
+        if method == contract.PREDICT_RPC:
+            self._answer = parse_grpc_answer(response, expected=1)  # ProtocolError if malformed
 
     def on_stop(self) -> None:
         self.grpc_client.close()
@@ -247,11 +251,13 @@ class GrpcDigitsUser(_DigitsUserMixin, User):
     @task
     def predict(self) -> None:
         position = self._next()
+        self._answer = None
         try:
-            answer = self.grpc_client.predict_request(self.pool.grpc_requests[position])
+            self.grpc_client.send_predict(self.pool.grpc_requests[position])
         except DigitsError:
             return  # already reported to Locust as a failure by the interceptor
-        self._count(position, int(answer.digits[0]))
+        if self._answer is not None:
+            self._count(position, int(self._answer.digits[0]))
 
 
 def grpc_target(explicit: str, host: str | None) -> str:
