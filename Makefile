@@ -26,7 +26,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PYTHON) -m training grid --grid quick --runs-dir $(RUNS_DIR)
 	$(PYTHON) -m training export --grid quick --runs-dir $(RUNS_DIR) --model-base-path $(MODEL_BASE_PATH)
-	PYTHON=$(PYTHON) scripts/demo_serve.sh $(MODEL_BASE_PATH)
+	PYTHON=$(PYTHON) bash scripts/demo_serve.sh $(MODEL_BASE_PATH)
 
 test: venv
 	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest
