@@ -60,17 +60,19 @@ def child(mode: str, batch: int, threads: int, images: int, data_dir: str | None
 
 def measure(modes: list[tuple[str, int, int]], args) -> list[float]:
     """Run the configurations as simultaneous child processes; their images/s."""
-    start_at = time.time() + 25  # after every child has imported TensorFlow and traced
+    # Side by side: start together, after every child has imported TensorFlow and traced.
+    start_at = time.time() + 30 if len(modes) > 1 else 0.0
     procs = [subprocess.Popen(
         [sys.executable, __file__, "--child", mode, "--batch", str(batch), "--threads",
          str(threads), "--images", str(args.images), "--start-at", str(start_at),
          *(["--data-dir", args.data_dir] if args.data_dir else [])],
-        env=ENV, stdout=subprocess.PIPE, text=True) for mode, batch, threads in modes]
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for mode, batch, threads in modes]
     rates = []
     for proc in procs:
-        out, _ = proc.communicate()
+        out, err = proc.communicate()
         if proc.returncode != 0:
-            raise SystemExit(f"child failed: {out}")
+            raise SystemExit(f"child failed: {out}{err[-2000:]}")
         rates.append(json.loads(out.strip().splitlines()[-1])["images_per_s"])
     return rates
 
