@@ -32,6 +32,8 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
     config = result.get("config", {})
     row = {k: result.get(k, config.get(k)) for k in COLUMNS}
     row["activation_function"] = result.get("activation_function", config.get("activation"))
+    if row["model"] == "softmax":  # no hidden layer: the activation setting plays no part
+        row["activation_function"] = "none"
     return row
 
 
@@ -114,10 +116,11 @@ def _curves_figure(grid_dir: Path, runs: list[dict[str, Any]], path: Path) -> No
         if not history:
             continue
         epochs = [h["epoch"] + 1 for h in history]
-        axes[0].plot(epochs, [h["loss"] for h in history], label=run["name"])
-        axes[1].plot(epochs, [h["accuracy"] * 100 for h in history], "--",
-                     label=f"{run['name']} train")
-        axes[1].plot(epochs, [h["val_accuracy"] * 100 for h in history],
+        (line,) = axes[0].plot(epochs, [h["loss"] for h in history], label=run["name"])
+        colour = line.get_color()  # one colour per run in both panels
+        axes[1].plot(epochs, [h["accuracy"] * 100 for h in history], "--", color=colour,
+                     label=f"{run['name']} train (distorted, dropout on)")
+        axes[1].plot(epochs, [h["val_accuracy"] * 100 for h in history], color=colour,
                      label=f"{run['name']} validation")
     axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log", title="Loss")
     axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(95, 100))
