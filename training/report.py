@@ -119,7 +119,7 @@ def _curves_figure(grid_dir: Path, runs: list[dict[str, Any]], path: Path) -> No
         (line,) = axes[0].plot(epochs, [h["loss"] for h in history], label=run["name"])
         colour = line.get_color()  # one colour per run in both panels
         axes[1].plot(epochs, [h["accuracy"] * 100 for h in history], "--", color=colour,
-                     label=f"{run['name']} train (distorted, dropout on)")
+                     label=f"{run['name']} train (running mean, training mode)")
         axes[1].plot(epochs, [h["val_accuracy"] * 100 for h in history], color=colour,
                      label=f"{run['name']} validation")
     axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log", title="Loss")
