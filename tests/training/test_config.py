@@ -11,7 +11,7 @@ from training import config
 
 def test_lab_grid_expansion():
     runs = config.grid("lab")
-    assert len(runs) == 25
+    assert len(runs) == 27
     assert len({r.name for r in runs}) == len(runs)
     grid_runs = [r for r in runs if r.group == "grid"]
     assert [r.name for r in runs[1:17]] == [r.name for r in grid_runs]
@@ -24,7 +24,8 @@ def test_lab_grid_expansion():
     assert (dropout.optimizer, dropout.learning_rate, dropout.activation, dropout.batch_size,
             dropout.dropout) == ("adam", 0.001, "relu", 128, 0.25)
     assert runs[22].model == "lenet5_bn" and runs[22].group == "optimized"
-    assert [r.group for r in runs[21:]] == ["recipe", "optimized", "recipe", "optimized"]
+    assert [r.group for r in runs[21:]] == ["recipe", "optimized", "recipe", "optimized", "optimized",
+                                             "optimized"]
 
 
 def test_quick_grid_has_the_same_runs_with_one_epoch():
@@ -48,5 +49,5 @@ def test_overrides_are_checked():
 def test_unknown_grid_and_index():
     with pytest.raises(KeyError, match="unknown grid"):
         config.grid("huge")
-    with pytest.raises(IndexError, match="runs 0..24"):
-        config.run_config("lab", 25)
+    with pytest.raises(IndexError, match="runs 0..26"):
+        config.run_config("lab", 27)
