@@ -3,8 +3,9 @@
 Usage: python scripts/bench_training.py [--images 20000] [--data-dir DIR] [--out reports/bench_training.json]
 
 Measures, in one run, each in a fresh process:
-  1. plain ``model.fit`` on numpy arrays vs our training loop (training.train: tf.data pipeline,
-     the same compile), at batch 50 and 128, one intra-op thread and TensorFlow's default;
+  1. plain ``model.fit`` on numpy arrays vs our training loop (training.train.training_inputs,
+     the same compile), without and with the training-time distortions (a tf.data map), at batch
+     50 and 128, one intra-op thread and TensorFlow's default;
   2. two single-threaded processes side by side vs one process with two threads (batch 128): how
      the grid runner should use the cores;
   3. the grid's aggregate throughput: four LeNet-5 runs (one epoch on --images images) through
@@ -46,10 +47,13 @@ def child(mode: str, batch: int, threads: int, images: int, data_dir: str | None
         def epoch():
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True)
     else:
-        dataset = train.make_dataset(x, y, batch, shuffle_seed=1)
+        from training import models
+
+        augment = models.augmenter(1) if mode == "augment" else None
+        inputs = train.training_inputs(x, y, batch, seed=1, augment=augment)
 
         def epoch():
-            model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+            model.fit(**inputs, epochs=1, verbose=0)
     model.fit(x[: batch * 10], y[: batch * 10], batch_size=batch, epochs=1, verbose=0)  # trace
     while time.time() < start_at:  # side-by-side runs start together
         time.sleep(0.01)
@@ -96,7 +100,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=20000, help="images per measured epoch")
     parser.add_argument("--data-dir", default=None, help="MNIST directory (default $MNIST_DIR)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench_training.json"))
-    parser.add_argument("--child", choices=("fit", "loop"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("fit", "loop", "augment"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -113,7 +117,8 @@ def main() -> int:
 
     for batch in (50, 128):
         for threads, tname in ((1, "1 thread"), (0, "TF default threads")):
-            for mode, mname in (("fit", "plain model.fit on numpy"), ("loop", "our loop (tf.data)")):
+            for mode, mname in (("fit", "plain model.fit on numpy"), ("loop", "our loop"),
+                                ("augment", "our loop with distortions (tf.data)")):
                 row(f"{mname}, batch {batch}, {tname}", measure([(mode, batch, threads)], args)[0])
     two = measure([("loop", 128, 1), ("loop", 128, 1)], args)
     row("our loop, batch 128: 2 single-threaded processes together", sum(two))

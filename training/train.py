@@ -52,16 +52,21 @@ def hparams_of(config: RunConfig) -> dict[str, Any]:
     return {k: (v if v is not None else -1) for k, v in config.to_dict().items() if k != "name"}
 
 
-def make_dataset(images, labels, batch, *, shuffle_seed=None, augment=None) -> tf.data.Dataset:
-    """The input pipeline: optional per-epoch reshuffle, batching, optional distortions."""
+def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed: int,
+                    augment: keras.Sequential | None = None) -> dict[str, Any]:
+    """``model.fit`` arguments for the training data, reshuffled every epoch (as the lab's
+    ``next_batch`` did).
+
+    Without distortions Keras' own numpy path is the fastest: tf.data's shuffle over the whole
+    training set cost 17-20% with one thread (scripts/bench_training.py). Distortions need a
+    tf.data map.
+    """
+    if augment is None:
+        return {"x": images, "y": labels, "batch_size": batch, "shuffle": True}
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle_seed is not None:
-        # Reshuffled every epoch (the lab's next_batch did the same).
-        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch)
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
-    return ds.prefetch(2)
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch)
+    ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
+    return {"x": ds.prefetch(2), "shuffle": False}
 
 
 def compile_model(config: RunConfig, steps_per_epoch: int) -> keras.Model:
@@ -123,9 +128,8 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
     steps = math.ceil(len(train_x) / config.batch_size)
     augment = models.augmenter(config.seed) if config.augment else None
-    train_ds = make_dataset(train_x, train_y, config.batch_size, shuffle_seed=config.seed,
-                        augment=augment)
-    val_ds = make_dataset(data.validation_images, data.validation_labels, EVAL_BATCH)
+    inputs = training_inputs(train_x, train_y, config.batch_size, seed=config.seed,
+                             augment=augment)
 
     model = compile_model(config, steps)
     tb_dir = run_dir / "tb"
@@ -148,8 +152,8 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     ]
     log.info("%s: %d parameters, %d epochs of %d steps", config.name, model.count_params(),
              config.epochs, steps)
-    fit = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-                    shuffle=False,  # tf.data reshuffles every epoch
+    fit = model.fit(**inputs, validation_data=(data.validation_images, data.validation_labels),
+                    validation_batch_size=EVAL_BATCH, epochs=config.epochs, callbacks=callbacks,
                     verbose=1 if progress_bar else 0)
     losses = [row["loss"] for row in read_history(run_dir)] + fit.history.get("loss", [])
     diverged = any(not math.isfinite(x) for x in losses) or not all(
