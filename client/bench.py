@@ -112,7 +112,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_cpu_s(pid: int | None) -> float:
+def server_cpu_seconds(pid: int | None) -> float:
     """CPU seconds of the server process and its children so far (NaN when unknown)."""
     if pid is None:
         return math.nan
@@ -187,7 +187,7 @@ def _run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -
     )
     processes: list[subprocess.Popen] = []
     log_path = prefix.with_suffix(".log")
-    server_before = _server_cpu_s(args.server_pid)
+    server_before = server_cpu_seconds(args.server_pid)
     with open(log_path, "w") as log_file:
         if args.workers > 0:
             port = _free_port()
@@ -224,7 +224,7 @@ def _run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -
         else:
             processes.append(_spawn(command + [USER_CLASS[protocol]], env, log_file))
         codes = _wait_all(processes, deadline=time.monotonic() + args.duration + START_GRACE_S)
-    server_after = _server_cpu_s(args.server_pid)
+    server_after = server_cpu_seconds(args.server_pid)
     master_code = codes[0]
     stats_file = Path(f"{prefix}_stats.csv")
     if not stats_file.is_file() or not live_file.is_file():

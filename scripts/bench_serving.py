@@ -22,7 +22,6 @@ import argparse
 import http.client
 import json
 import multiprocessing as mp
-import os
 import shlex
 import signal
 import socket
@@ -38,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from client.bench import server_cpu_seconds  # noqa: E402
 from client.codecs import make_tensor_proto  # noqa: E402
 from client.contract import (  # noqa: E402
     INPUT_NAME,
@@ -48,38 +48,6 @@ from client.contract import (  # noqa: E402
     REST_MODELS_PREFIX,
 )
 from client.proto import digits_tfserving_pb2 as pb  # noqa: E402
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _tree(pid: int) -> list[int]:
-    found, frontier = [pid], [pid]
-    while frontier:
-        current = frontier.pop()
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-            except FileNotFoundError:
-                continue
-            found.extend(map(int, children))
-            frontier.extend(map(int, children))
-    return found
-
-
-def server_cpu_seconds(pid: int) -> float:
-    """utime+stime of the server's whole process tree, in seconds."""
-    total = 0
-    for child in _tree(pid):
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-    return total / CLOCK_TICKS
 
 
 def _images(count: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from client.contract import MODEL_NAME, READINESS_PATH, model_versions, version_path
@@ -57,22 +58,10 @@ class RunningServer:
 
     def descendants(self) -> list[int]:
         """Pids of every process under the supervisor (workers, granian's master and workers)."""
-        found, frontier = [], [self.pid]
-        while frontier:
-            pid = frontier.pop()
-            try:
-                tasks = os.listdir(f"/proc/{pid}/task")
-            except FileNotFoundError:
-                continue
-            for task in tasks:
-                try:
-                    children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-                except FileNotFoundError:
-                    continue
-                for child in map(int, children):
-                    found.append(child)
-                    frontier.append(child)
-        return found
+        try:
+            return [child.pid for child in psutil.Process(self.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
