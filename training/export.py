@@ -35,7 +35,7 @@ import tf2onnx
 
 from client import contract
 from training.data import Mnist
-from training.records import COMPLETED, MODEL_FILE, read_results, write_json_atomic
+from training.records import COMPLETED, MODEL_FILE, best, read_results, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ def select_run(grid_dir: Path, run: str | None = None) -> dict[str, Any]:
         if not chosen:
             raise ExportError(f"no completed run {run!r} with a saved model in {grid_dir}")
         return chosen[0]
-    if not results:
+    chosen = best(results)
+    if chosen is None:
         raise ExportError(f"no completed runs with a saved model in {grid_dir}")
-    # Highest validation accuracy; ties go to the lower index (the simpler, earlier run).
-    return max(results, key=lambda r: (r["validation_accuracy"], -(r.get("index") or 0)))
+    return chosen
 
 
 def serving_function(model: keras.Model) -> tf.types.experimental.GenericFunction:

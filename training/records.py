@@ -47,3 +47,15 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
         for row in csv.DictReader(handle):
             by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items()}
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def best(results: list[dict[str, Any]], model: str | None = None) -> dict[str, Any] | None:
+    """Highest validation accuracy among completed runs (optionally of one architecture).
+
+    Test accuracy plays no part (the lab picked by test accuracy: a bug); ties go to the lower
+    index, the simpler, earlier run.
+    """
+    done = [r for r in results if r.get("status") == COMPLETED
+            and (model is None or r.get("model") == model)]
+    return max(done, key=lambda r: (r["validation_accuracy"], -(r.get("index") or 0)),
+               default=None)

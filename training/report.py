@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from training.records import COMPLETED, read_history, read_results, write_json_atomic  # noqa: E402
+from training.records import best, read_history, read_results, write_json_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
     if row["model"] == "softmax":  # no hidden layer: the activation setting plays no part
         row["activation_function"] = "none"
     return row
-
-
-def best(results: list[dict[str, Any]], model: str | None = None) -> dict[str, Any] | None:
-    """Highest validation accuracy among completed runs (optionally of one architecture)."""
-    done = [r for r in results if r.get("status") == COMPLETED
-            and (model is None or r.get("model") == model)]
-    return max(done, key=lambda r: (r["validation_accuracy"], -(r.get("index") or 0)),
-               default=None)
 
 
 def _fmt(value: Any) -> str:

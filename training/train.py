@@ -155,7 +155,8 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     fit = model.fit(**inputs, validation_data=(data.validation_images, data.validation_labels),
                     validation_batch_size=EVAL_BATCH, epochs=config.epochs, callbacks=callbacks,
                     verbose=1 if progress_bar else 0)
-    losses = [row["loss"] for row in read_history(run_dir)] + fit.history.get("loss", [])
+    history = read_history(run_dir)  # all epochs, across resumes
+    losses = [row["loss"] for row in history] + fit.history.get("loss", [])
     diverged = any(not math.isfinite(x) for x in losses) or not all(
         np.isfinite(w).all() for w in model.get_weights())
 
@@ -176,7 +177,7 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         "group": config.group,
         "model": config.model,
         "epochs": config.epochs,
-        "epochs_run": len(read_history(run_dir)),
+        "epochs_run": len(history),
         "parameter_count": int(model.count_params()),
         "seed": config.seed,
         "status": DIVERGED if diverged else COMPLETED,
