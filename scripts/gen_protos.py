@@ -1,6 +1,6 @@
 """Generate the Python code for protos/ into client/proto/ (the one way it is produced).
 
-Usage: python scripts/gen_protos.py [--check]
+Usage: python scripts/gen_protos.py [--check] [--out-dir DIR]
 
 --check regenerates into a temporary directory and exits 1 if anything differs from the
 committed files (CI runs it through tests/client/test_protos.py).
@@ -45,16 +45,19 @@ def generate(out_dir: Path) -> list[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed code is stale")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR,
+                        help="where the generated code lives (default: client/proto)")
     args = parser.parse_args()
+    out_dir = args.out_dir.resolve()
     if not args.check:
-        for path in generate(OUT_DIR):
-            print(path.relative_to(ROOT))
+        for path in generate(out_dir):
+            print(path)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         stale = [
             p.name for p in fresh
-            if not (OUT_DIR / p.name).exists() or not filecmp.cmp(p, OUT_DIR / p.name, shallow=False)
+            if not (out_dir / p.name).exists() or not filecmp.cmp(p, out_dir / p.name, shallow=False)
         ]
     if stale:
         print(f"generated code is stale, run scripts/gen_protos.py: {stale}", file=sys.stderr)
