@@ -49,12 +49,24 @@ def lenet5(activation: str = "relu", dropout: float = 0.0) -> keras.Model:
     return keras.Model(image, logits, name="lenet5")
 
 
-def lenet5_bn(activation: str = "relu", dropout: float = 0.0) -> keras.Model:
+# The optimized family: LeNet-5's skeleton with other widths, (conv1, conv2) filters and
+# (fc1, fc2) units. Each stays under OPTIMIZED_PARAMETER_LIMIT (tests/training checks it).
+OPTIMIZED_WIDTHS = {
+    "lenet5_bn": ((16, 32), (80, 64)),  # 83,738 parameters
+    # Wider convolutions, narrower FC: the parameters move from fc1 to conv2 (95,474).
+    "lenet5_bn_wide": ((24, 48), (52, 48)),
+}
+
+
+def lenet5_bn(activation: str = "relu", dropout: float = 0.0,
+              variant: str = "lenet5_bn") -> keras.Model:
     """LeNet-5's conv/pool/FC skeleton, wider convolutions, batch norm: under 100k parameters.
 
-    conv 5x5x16 'same' -> pool -> conv 5x5x32 'valid' -> pool -> FC 80 -> FC 64 -> FC 10.
-    Batch norm after every hidden layer (its bias replaces the layer's).
+    conv 5x5xC1 'same' -> pool -> conv 5x5xC2 'valid' -> pool -> FC U1 -> FC U2 -> FC 10, with
+    (C1, C2), (U1, U2) from OPTIMIZED_WIDTHS[variant]. Batch norm after every hidden layer (its
+    bias replaces the layer's).
     """
+    (c1, c2), (u1, u2) = OPTIMIZED_WIDTHS[variant]
 
     def block(x, layer, name):
         x = layer(x)
@@ -62,19 +74,19 @@ def lenet5_bn(activation: str = "relu", dropout: float = 0.0) -> keras.Model:
         return layers.Activation(activation, name=f"{name}_act")(x)
 
     image = keras.Input(contract.INPUT_SHAPE, name=contract.INPUT_NAME)
-    x = block(image, layers.Conv2D(16, 5, padding="same", use_bias=False, name="conv1"), "conv1")
-    x = layers.MaxPooling2D(2, name="pool1")(x)  # 14x14x16
-    x = block(x, layers.Conv2D(32, 5, padding="valid", use_bias=False, name="conv2"), "conv2")
-    x = layers.MaxPooling2D(2, name="pool2")(x)  # 5x5x32
-    x = layers.Flatten(name="flatten")(x)  # 800
-    x = block(x, layers.Dense(80, use_bias=False, name="fc1"), "fc1")
+    x = block(image, layers.Conv2D(c1, 5, padding="same", use_bias=False, name="conv1"), "conv1")
+    x = layers.MaxPooling2D(2, name="pool1")(x)  # 14x14xC1
+    x = block(x, layers.Conv2D(c2, 5, padding="valid", use_bias=False, name="conv2"), "conv2")
+    x = layers.MaxPooling2D(2, name="pool2")(x)  # 5x5xC2
+    x = layers.Flatten(name="flatten")(x)
+    x = block(x, layers.Dense(u1, use_bias=False, name="fc1"), "fc1")
     if dropout:
         x = layers.Dropout(dropout, name="dropout1")(x)
-    x = block(x, layers.Dense(64, use_bias=False, name="fc2"), "fc2")
+    x = block(x, layers.Dense(u2, use_bias=False, name="fc2"), "fc2")
     if dropout:
         x = layers.Dropout(dropout, name="dropout2")(x)
     logits = layers.Dense(contract.NUM_CLASSES, name="logits")(x)
-    return keras.Model(image, logits, name="lenet5_bn")
+    return keras.Model(image, logits, name=variant)
 
 
 def build(config: RunConfig) -> keras.Model:
@@ -83,7 +95,7 @@ def build(config: RunConfig) -> keras.Model:
         return softmax_regression()
     if config.model == "lenet5":
         return lenet5(config.activation, config.dropout)
-    return lenet5_bn(config.activation, config.dropout)
+    return lenet5_bn(config.activation, config.dropout, variant=config.model)
 
 
 def augmenter(seed: int) -> keras.Sequential:

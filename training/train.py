@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 from client import contract
-from training import models
+from training import distortions, models
 from training.config import RunConfig
 from training.data import Mnist
 from training.records import (
@@ -53,19 +53,31 @@ def hparams_of(config: RunConfig) -> dict[str, Any]:
 
 
 def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed: int,
-                    augment: keras.Sequential | None = None) -> dict[str, Any]:
+                    augment: keras.Sequential | None = None,
+                    elastic: tuple[float, float] | None = None) -> dict[str, Any]:
     """``model.fit`` arguments for the training data, reshuffled every epoch (as the lab's
     ``next_batch`` did).
 
     Without distortions Keras' own numpy path is the fastest: tf.data's shuffle over the whole
     training set cost 17-20% with one thread (scripts/bench_training.py). Distortions need a
-    tf.data map.
+    tf.data map: ``augment`` (affine, Keras layers), then ``elastic`` = (alpha, sigma).
     """
-    if augment is None:
+    if augment is None and elastic is None:
         return {"x": images, "y": labels, "batch_size": batch, "shuffle": True}
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch)
-    ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
+    # One stateless seed per batch, new ones every epoch: reproducible from the run's seed.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def distort(xy: tuple[tf.Tensor, tf.Tensor], pair: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = xy
+        if augment is not None:
+            x = augment(x, training=True)
+        if elastic is not None:
+            x = distortions.elastic(x, pair, *elastic)
+        return x, y
+
+    ds = tf.data.Dataset.zip(ds, seeds).map(distort, num_parallel_calls=1)
     return {"x": ds.prefetch(2), "shuffle": False}
 
 
@@ -128,8 +140,9 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
     steps = math.ceil(len(train_x) / config.batch_size)
     augment = models.augmenter(config.seed) if config.augment else None
+    elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
     inputs = training_inputs(train_x, train_y, config.batch_size, seed=config.seed,
-                             augment=augment)
+                             augment=augment, elastic=elastic)
 
     model = compile_model(config, steps)
     tb_dir = run_dir / "tb"
