@@ -5,6 +5,11 @@ axis, smoothed by a Gaussian of standard deviation ``sigma`` pixels, scaled by `
 image is resampled bilinearly at the displaced coordinates, with background (0) outside it.
 Simard et al. used sigma 4, alpha 34 on MNIST and reported 99.6% for a small CNN with them.
 
+Affine and elastic distortions are composed into one displacement field and the image is
+resampled once: each bilinear resampling blurs, and twice-blurred training digits taught a model
+the blur (clean validation 97.0% against 98.0% on distorted validation images, run 28's first
+attempt, which chained Keras' affine layers and this warp).
+
 Keras 3.15 has ``keras.layers.RandomElasticTransform``, but its TensorFlow kernel draws the x and
 y fields from the same seed (every displacement points along the diagonal) and, when the batch
 size is unknown at trace time (as in a ``tf.data`` map), one field serves the whole batch. Hence
@@ -20,6 +25,11 @@ import tensorflow as tf
 
 SIMARD_ALPHA = 34.0
 SIMARD_SIGMA = 4.0
+# The affine distortions' ranges (models.augmenter uses them too): rotation in degrees, shift
+# and zoom as fractions of the image size.
+ROTATION_DEGREES = 10.0
+SHIFT = 0.1
+ZOOM = 0.1
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
@@ -86,6 +96,40 @@ def warp(images: tf.Tensor, field: tf.Tensor) -> tf.Tensor:
 
     return ((1 - wy) * (1 - wx) * at(y0i, x0i) + (1 - wy) * wx * at(y0i, x1i)
             + wy * (1 - wx) * at(y1i, x0i) + wy * wx * at(y1i, x1i))
+
+
+def affine_fields(batch: tf.Tensor, height: int, width: int, seed: tf.Tensor,
+                  rotation_degrees: float = ROTATION_DEGREES, shift: float = SHIFT,
+                  zoom: float = ZOOM) -> tf.Tensor:
+    """[batch, height, width, 2] displacements of a random rotation, zoom and shift per image.
+
+    The output pixel p reads the input at c + R(theta) (p - c) / s + t (c the image centre).
+    """
+    u = tf.random.stateless_uniform([batch, 4], seed=seed, minval=-1.0, maxval=1.0)
+    theta = u[:, 0] * rotation_degrees * math.pi / 180.0
+    scale = 1.0 + u[:, 1] * zoom
+    ty, tx = u[:, 2] * shift * height, u[:, 3] * shift * width
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32) - cy,
+                         tf.range(width, dtype=tf.float32) - cx, indexing="ij")
+    cos, sin = (tf.cos(theta) / scale)[:, None, None], (tf.sin(theta) / scale)[:, None, None]
+    src_y = cos * ys[None] - sin * xs[None] + ty[:, None, None]
+    src_x = sin * ys[None] + cos * xs[None] + tx[:, None, None]
+    return tf.stack([src_y - ys[None], src_x - xs[None]], axis=-1)
+
+
+def distort(images: tf.Tensor, seed: tf.Tensor, *, affine: bool = True,
+            alpha: float = SIMARD_ALPHA, sigma: float = SIMARD_SIGMA) -> tf.Tensor:
+    """Random affine (if ``affine``) plus elastic (if ``alpha``) distortions, resampled once."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    field = tf.zeros([batch, height, width, 2])
+    if affine:
+        field += affine_fields(batch, height, width, seeds[0])
+    if alpha:
+        field += displacement_fields(batch, height, width, seeds[1], alpha, sigma)
+    return warp(images, field)
 
 
 def elastic(images: tf.Tensor, seed: tf.Tensor, alpha: float = SIMARD_ALPHA,

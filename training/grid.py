@@ -24,12 +24,13 @@ from training.config import RunConfig, grid
 log = logging.getLogger(__name__)
 
 # Relative cost of one epoch, to start the longest runs first (measured on a 2-core CPU).
-_MODEL_COST = {"softmax": 0.1, "lenet5": 1.0, "lenet5_bn": 3.0}
+_MODEL_COST = {"softmax": 0.1, "lenet5": 1.0, "lenet5_bn": 3.0, "lenet5_bn_wide": 5.5}
 
 
 def cost(config: RunConfig) -> float:
     per_epoch = _MODEL_COST[config.model] * (1.3 if config.batch_size < 100 else 1.0)
-    return config.epochs * per_epoch * (1.3 if config.augment else 1.0)
+    distortions = (1.3 if config.augment else 1.0) * (1.3 if config.elastic_alpha else 1.0)
+    return config.epochs * per_epoch * distortions
 
 
 def is_done(run_dir: Path) -> bool:

@@ -10,6 +10,7 @@ import keras
 from keras import layers
 
 from client import contract
+from training import distortions
 from training.config import RunConfig
 
 LENET5_PARAMETERS = 61_706  # the lab's count; tests/training checks it
@@ -102,9 +103,11 @@ def augmenter(seed: int) -> keras.Sequential:
     """Training-time distortions: small rotations, shifts and zooms, as in LeCun 1998/Simard 2003."""
     return keras.Sequential(
         [
-            layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2),
+            layers.RandomRotation(distortions.ROTATION_DEGREES / 360, fill_mode="constant",
+                                  seed=seed),
+            layers.RandomTranslation(distortions.SHIFT, distortions.SHIFT, fill_mode="constant",
+                                     seed=seed + 1),
+            layers.RandomZoom(distortions.ZOOM, fill_mode="constant", seed=seed + 2),
         ],
         name="augment",
     )

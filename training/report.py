@@ -23,8 +23,8 @@ from training.records import best, read_history, read_results, write_json_atomic
 log = logging.getLogger(__name__)
 
 COLUMNS = ("index", "name", "group", "model", "optimizer", "learning_rate",
-           "activation_function", "batch_size", "dropout", "augment", "schedule", "epochs",
-           "parameter_count", "seed", "status", "training_accuracy", "validation_accuracy",
+           "activation_function", "batch_size", "dropout", "augment", "elastic_alpha", "schedule",
+           "epochs", "parameter_count", "seed", "status", "training_accuracy", "validation_accuracy",
            "test_accuracy", "elapsed_time")
 
 
@@ -32,6 +32,7 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
     config = result.get("config", {})
     row = {k: result.get(k, config.get(k)) for k in COLUMNS}
     row["activation_function"] = result.get("activation_function", config.get("activation"))
+    row["elastic_alpha"] = config.get("elastic_alpha", 0.0)  # records from before the setting
     if row["model"] == "softmax":  # no hidden layer: the activation setting plays no part
         row["activation_function"] = "none"
     return row

@@ -60,7 +60,8 @@ def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed:
 
     Without distortions Keras' own numpy path is the fastest: tf.data's shuffle over the whole
     training set cost 17-20% with one thread (scripts/bench_training.py). Distortions need a
-    tf.data map: ``augment`` (affine, Keras layers), then ``elastic`` = (alpha, sigma).
+    tf.data map: ``augment`` alone (Keras' affine layers), or with ``elastic`` = (alpha, sigma)
+    our affine + elastic field, resampled once (``augment`` only says whether affine is on).
     """
     if augment is None and elastic is None:
         return {"x": images, "y": labels, "batch_size": batch, "shuffle": True}
@@ -71,11 +72,12 @@ def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed:
 
     def distort(xy: tuple[tf.Tensor, tf.Tensor], pair: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x, y = xy
-        if augment is not None:
-            x = augment(x, training=True)
-        if elastic is not None:
-            x = distortions.elastic(x, pair, *elastic)
-        return x, y
+        if elastic is None:
+            return augment(x, training=True), y
+        # affine and elastic composed, one resampling (see training/distortions.py)
+        alpha, sigma = elastic
+        return distortions.distort(x, pair, affine=augment is not None, alpha=alpha,
+                                   sigma=sigma), y
 
     ds = tf.data.Dataset.zip(ds, seeds).map(distort, num_parallel_calls=1)
     return {"x": ds.prefetch(2), "shuffle": False}

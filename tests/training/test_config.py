@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from training import config
+from training import grid as grid_runner
 
 
 def test_lab_grid_expansion():
@@ -26,6 +27,18 @@ def test_lab_grid_expansion():
     assert runs[22].model == "lenet5_bn" and runs[22].group == "optimized"
     assert [r.group for r in runs[21:]] == ["recipe", "optimized", "recipe", "optimized", "optimized",
                                              "optimized"]
+
+
+def test_elastic_runs_and_their_cost_order():
+    runs = config.grid("lab")
+    elastic = [r for r in runs if r.elastic_alpha]
+    assert elastic and all(r.augment and r.group == "optimized" for r in elastic)
+    assert all(r.model in ("lenet5_bn", "lenet5_bn_wide") for r in elastic)
+    # the grid runner starts the longest first: every model has a cost, distortions add to it
+    costs = {r.name: grid_runner.cost(r) for r in runs}
+    assert costs["lenet5bn-recipe-elastic"] > costs["lenet5bn-recipe"] > costs["lenet5-recipe"]
+    with pytest.raises(ValueError, match="invalid elastic_alpha=-1.0"):
+        runs[22].with_overrides(elastic_alpha=-1.0)
 
 
 def test_quick_grid_has_the_same_runs_with_one_epoch():

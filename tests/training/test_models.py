@@ -18,7 +18,16 @@ def test_lenet5_has_the_labs_61706_parameters():
 
 
 def test_optimized_model_stays_under_the_limit_and_softmax_is_784_to_10():
-    assert models.lenet5_bn().count_params() <= models.OPTIMIZED_PARAMETER_LIMIT
+    for variant in models.OPTIMIZED_WIDTHS:
+        model = models.lenet5_bn(variant=variant)
+        assert model.count_params() <= models.OPTIMIZED_PARAMETER_LIMIT, variant
+        # LeNet-5's skeleton: conv 'same', pool, conv 'valid', pool, three dense layers
+        kinds = [type(layer).__name__ for layer in model.layers
+                 if type(layer).__name__ in ("Conv2D", "MaxPooling2D", "Dense")]
+        assert kinds == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Dense", "Dense",
+                         "Dense"], variant
+    assert models.lenet5_bn().count_params() == 83_738
+    assert models.lenet5_bn(variant="lenet5_bn_wide").count_params() == 95_474
     assert models.softmax_regression().count_params() == 784 * 10 + 10
 
 
