@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import distortions
+from training import distortions, models
 from training.train import training_inputs
 
 
@@ -88,3 +88,37 @@ def test_training_inputs_distort_differently_every_epoch():
     first = {int(i): x for i, x in zip(order1, np.asarray(x1))}
     second = {int(i): x for i, x in zip(order2, np.asarray(x2))}
     assert not np.allclose(first[0], second[0])
+
+
+def test_affine_fields_rotate_zoom_and_shift_within_their_ranges():
+    seed = tf.constant([5, 6], tf.int64)
+    still = distortions.affine_fields(4, 28, 28, seed, rotation_degrees=0, shift=0, zoom=0)
+    np.testing.assert_allclose(still, 0.0, atol=1e-5)
+    shifted = distortions.affine_fields(64, 28, 28, seed, rotation_degrees=0, shift=0.1,
+                                        zoom=0).numpy()
+    per_image = shifted.reshape(64, -1, 2)
+    np.testing.assert_allclose(per_image, np.broadcast_to(per_image[:, :1], per_image.shape),
+                               atol=1e-4)  # one shift per image
+    assert np.abs(shifted).max() <= 2.8 + 1e-4 and np.abs(shifted).max() > 1.5
+    turned = distortions.affine_fields(64, 28, 28, seed, rotation_degrees=10, shift=0,
+                                       zoom=0).numpy()
+    # about the centre (13.5, 13.5): corners move at most r * theta, the centre stays
+    corner_radius = np.hypot(13.5, 13.5)
+    assert np.abs(turned).max() <= corner_radius * np.radians(10) + 1e-3
+    centre = turned[:, 13:15, 13:15]
+    assert np.abs(centre).max() < 0.1
+
+
+def test_distort_resamples_once_and_blurs_less_than_chained_distortions(mnist):
+    images = mnist.validation_images[:256]
+    seed = tf.constant([7, 8], tf.int64)
+    identity = distortions.distort(images, seed, affine=False, alpha=0.0).numpy()
+    np.testing.assert_allclose(identity, images, atol=1e-6)
+
+    def sharpness(x):
+        return float(np.mean(np.abs(np.diff(np.asarray(x), axis=1))))
+
+    ours = distortions.distort(images, seed)
+    chained = distortions.elastic(models.augmenter(1)(images, training=True), seed)
+    assert sharpness(images) * 0.9 < sharpness(ours)
+    assert sharpness(chained) < sharpness(ours) * 0.9
