@@ -45,12 +45,13 @@ def _fmt(value: Any) -> str:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    cols = ("index", "name", "optimizer", "learning_rate", "activation_function", "batch_size",
-            "dropout", "epochs", "status", "training_accuracy", "validation_accuracy",
+    cols = ("index", "name", "model", "optimizer", "learning_rate", "activation_function",
+            "batch_size", "dropout", "elastic_alpha", "epochs", "status", "training_accuracy", "validation_accuracy",
             "test_accuracy", "elapsed_time")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for result in results:
         row = _row(result)
+        row["elastic_alpha"] = f"{row['elastic_alpha'] or 0:g}"  # 0, 17, 34: not a fraction
         lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
