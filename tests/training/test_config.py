@@ -12,7 +12,7 @@ from training import grid as grid_runner
 
 def test_lab_grid_expansion():
     runs = config.grid("lab")
-    assert len(runs) == 33
+    assert len(runs) == 35
     assert len({r.name for r in runs}) == len(runs)
     grid_runs = [r for r in runs if r.group == "grid"]
     assert [r.name for r in runs[1:17]] == [r.name for r in grid_runs]
@@ -25,7 +25,7 @@ def test_lab_grid_expansion():
     assert (dropout.optimizer, dropout.learning_rate, dropout.activation, dropout.batch_size,
             dropout.dropout) == ("adam", 0.001, "relu", 128, 0.25)
     assert runs[22].model == "lenet5_bn" and runs[22].group == "optimized"
-    assert [r.group for r in runs[21:]] == ["recipe", "optimized", "recipe"] + ["optimized"] * 9
+    assert [r.group for r in runs[21:]] == ["recipe", "optimized", "recipe"] + ["optimized"] * 11
     assert {r.model for r in runs[22:] if r.group == "optimized"} == {"lenet5_bn", "lenet5_bn_wide"}
 
 
@@ -62,5 +62,5 @@ def test_overrides_are_checked():
 def test_unknown_grid_and_index():
     with pytest.raises(KeyError, match="unknown grid"):
         config.grid("huge")
-    with pytest.raises(IndexError, match="runs 0..32"):
-        config.run_config("lab", 33)
+    with pytest.raises(IndexError, match="runs 0..34"):
+        config.run_config("lab", 35)
