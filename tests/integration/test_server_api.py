@@ -291,9 +291,15 @@ def test_malformed_grpc_requests_and_server_stays_healthy(running_server) -> Non
         # An expired deadline is DEADLINE_EXCEEDED, and the server still answers afterwards.
         valid = pb.PredictRequest(model_spec=pb.ModelSpec(name=MODEL_NAME))
         valid.inputs[INPUT_NAME].CopyFrom(make_tensor_proto(np.zeros((1, *INPUT_SHAPE), np.float32)))
-        with pytest.raises(grpc.RpcError) as info:
-            predict(valid, timeout=0.000001)
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # (a 1 us deadline can, rarely, be met by a call that is fast enough: a few tries, every
+        # failure must be DEADLINE_EXCEEDED, and at least one must fail)
+        codes = []
+        for _ in range(5):
+            try:
+                predict(valid, timeout=0.000001)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+        assert codes and set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
         status = channel.unary_unary(
             GET_MODEL_STATUS_RPC,
             request_serializer=pb.GetModelStatusRequest.SerializeToString,
