@@ -134,8 +134,5 @@ def distort(images: tf.Tensor, seed: tf.Tensor, *, affine: bool = True,
 
 def elastic(images: tf.Tensor, seed: tf.Tensor, alpha: float = SIMARD_ALPHA,
             sigma: float = SIMARD_SIGMA) -> tf.Tensor:
-    """Elastically distorted images, [B, H, W, C] in, same out; ``seed``: a stateless seed [2]."""
-    images = tf.convert_to_tensor(images, tf.float32)
-    field = displacement_fields(tf.shape(images)[0], images.shape[1], images.shape[2], seed,
-                                alpha, sigma)
-    return warp(images, field)
+    """Elastically distorted images only (no affine part), [B, H, W, C] in, same out."""
+    return distort(images, seed, affine=False, alpha=alpha, sigma=sigma)

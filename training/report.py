@@ -51,7 +51,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for result in results:
         row = _row(result)
-        row["elastic_alpha"] = f"{row['elastic_alpha'] or 0:g}"  # 0, 17, 34: not a fraction
+        row["elastic_alpha"] = f"{row['elastic_alpha']:g}"  # 0, 17, 34: not a fraction
         lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
