@@ -29,6 +29,7 @@ demo: venv
 	PYTHON=$(PYTHON) bash scripts/demo_serve.sh $(MODEL_BASE_PATH)
 
 test: venv
+	$(BIN)/ruff check .
 	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest
 
 lint: venv

@@ -50,7 +50,7 @@ def blur_matrix(size: int, sigma: float) -> np.ndarray:
     radius = len(kernel) // 2
     matrix = np.zeros((size, size), np.float32)
     for i in range(size):
-        for t, weight in zip(range(-radius, radius + 1), kernel):
+        for t, weight in zip(range(-radius, radius + 1), kernel, strict=True):
             j = i + t
             while not 0 <= j < size:  # symmetric reflection: d c b a | a b c d | d c b a
                 j = -j - 1 if j < 0 else 2 * size - j - 1

@@ -7,6 +7,7 @@ bug). The exported serving model adds the softmax and the argmax (see training/e
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from client import contract
@@ -97,6 +98,34 @@ def build(config: RunConfig) -> keras.Model:
     if config.model == "lenet5":
         return lenet5(config.activation, config.dropout)
     return lenet5_bn(config.activation, config.dropout, variant=config.model)
+
+
+def set_clean_bn_statistics(model: keras.Model, images: np.ndarray,
+                            batch_size: int = 2000) -> int:
+    """Set every batch norm layer's moving mean/variance to the exact statistics of ``images``.
+
+    Training with distortions leaves running averages of *distorted* batches in batch norm; the
+    model is evaluated and served on clean images. Layer by layer, in graph order (each layer's
+    inputs already use the corrected statistics of the layers before it), the mean and the
+    (biased, as batch norm's own) variance over all images and positions are accumulated in
+    float64 over batches and written into the layer. Returns the number of layers set.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    for layer in norms:
+        upstream = keras.Model(model.input, layer.input)
+        total = total_sq = None
+        count = 0
+        for start in range(0, len(images), batch_size):
+            x = np.asarray(upstream(images[start:start + batch_size], training=False), np.float64)
+            x = x.reshape(-1, x.shape[-1])
+            total = x.sum(0) if total is None else total + x.sum(0)
+            total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
+            count += len(x)
+        mean = total / count
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(total_sq / count - mean * mean, 0.0)
+                                     .astype(np.float32))
+    return len(norms)
 
 
 def augmenter(seed: int) -> keras.Sequential:

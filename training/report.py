@@ -24,15 +24,17 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("index", "name", "group", "model", "optimizer", "learning_rate",
            "activation_function", "batch_size", "dropout", "augment", "elastic_alpha", "schedule",
-           "epochs", "parameter_count", "seed", "status", "training_accuracy", "validation_accuracy",
-           "test_accuracy", "elapsed_time")
+           "clean_bn_statistics", "epochs", "parameter_count", "seed", "status",
+           "training_accuracy", "validation_accuracy", "test_accuracy", "elapsed_time")
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
     config = result.get("config", {})
     row = {k: result.get(k, config.get(k)) for k in COLUMNS}
     row["activation_function"] = result.get("activation_function", config.get("activation"))
-    row["elastic_alpha"] = config.get("elastic_alpha", 0.0)  # records from before the setting
+    # Records from before these settings existed:
+    row["elastic_alpha"] = config.get("elastic_alpha", 0.0)
+    row["clean_bn_statistics"] = config.get("clean_bn_statistics", False)
     if row["model"] == "softmax":  # no hidden layer: the activation setting plays no part
         row["activation_function"] = "none"
     return row
@@ -46,12 +48,13 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     cols = ("index", "name", "model", "optimizer", "learning_rate", "activation_function",
-            "batch_size", "dropout", "elastic_alpha", "epochs", "status", "training_accuracy", "validation_accuracy",
-            "test_accuracy", "elapsed_time")
+            "batch_size", "dropout", "elastic_alpha", "clean_bn_statistics", "epochs", "status",
+            "training_accuracy", "validation_accuracy", "test_accuracy", "elapsed_time")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for result in results:
         row = _row(result)
         row["elastic_alpha"] = f"{row['elastic_alpha']:g}"  # 0, 17, 34: not a fraction
+        row["clean_bn_statistics"] = "yes" if row["clean_bn_statistics"] else "no"
         lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 

@@ -203,6 +203,15 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         "data_checksums": data.checksums,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if not diverged and config.clean_bn_statistics:
+        # Record what the last epoch's running statistics gave, then replace them: the
+        # ingredient's measured effect stays in the record. Idempotent, so a kill here is safe.
+        result["running_bn_statistics"] = {
+            "validation_accuracy": _accuracy(model, data.validation_images,
+                                             data.validation_labels),
+            "test_accuracy": _accuracy(model, data.test_images, data.test_labels),
+        }
+        models.set_clean_bn_statistics(model, train_x)
     if not diverged:
         result["training_accuracy"] = _accuracy(model, train_x, train_y)
         result["validation_accuracy"] = _accuracy(model, data.validation_images,

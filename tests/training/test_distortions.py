@@ -85,8 +85,8 @@ def test_training_inputs_distort_differently_every_epoch():
     order1, order2 = np.asarray(y1), np.asarray(y2)
     # every image once per epoch, and a second epoch draws new distortions
     assert sorted(order1) == sorted(labels)
-    first = {int(i): x for i, x in zip(order1, np.asarray(x1))}
-    second = {int(i): x for i, x in zip(order2, np.asarray(x2))}
+    first = {int(i): x for i, x in zip(order1, np.asarray(x1), strict=True)}
+    second = {int(i): x for i, x in zip(order2, np.asarray(x2), strict=True)}
     assert not np.allclose(first[0], second[0])
 
 

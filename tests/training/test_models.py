@@ -44,3 +44,27 @@ def test_augmenter_keeps_shape_and_range():
     assert out.shape == images.shape
     assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
     assert not np.allclose(out, images)
+
+
+def test_clean_bn_statistics_normalize_every_layer_over_the_given_images():
+    rng = np.random.default_rng(0)
+    images = rng.random((50, *contract.INPUT_SHAPE), dtype=np.float32)
+    model = models.lenet5_bn()
+    norms = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    for layer in norms:  # stale running averages, as left by distorted training batches
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 5.0, np.float32))
+        layer.moving_variance.assign(np.full(layer.moving_variance.shape, 100.0, np.float32))
+    # a batch size that does not divide the images: the statistics are over all of them
+    assert models.set_clean_bn_statistics(model, images, batch_size=7) == len(norms) == 4
+    for layer in norms:
+        out = np.asarray(type(model)(model.input, layer.output)(images, training=False))
+        out = out.reshape(-1, out.shape[-1])
+        # gamma 1, beta 0: each channel comes out centred, with variance v / (v + epsilon)
+        variance = np.asarray(layer.moving_variance)
+        np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-4, err_msg=layer.name)
+        np.testing.assert_allclose(out.var(0), variance / (variance + layer.epsilon), rtol=1e-3,
+                                   err_msg=layer.name)
+    first = [np.asarray(layer.moving_variance) for layer in norms]
+    models.set_clean_bn_statistics(model, images, batch_size=50)  # one batch, same figures
+    for layer, variance in zip(norms, first, strict=True):
+        np.testing.assert_allclose(np.asarray(layer.moving_variance), variance, rtol=1e-5)

@@ -112,3 +112,26 @@ def test_cli_rejects_bad_runs_clearly(mnist_dir, bad):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in output and "ERROR" in output
+
+
+def test_clean_bn_statistics_run_records_both_and_saves_the_clean_model(mnist_dir, tmp_path):
+    import keras
+    import numpy as np
+
+    from training import data, train
+
+    mnist = data.load(mnist_dir)
+    config = run_config("lab", 35).with_overrides(epochs=1, train_limit=2000)
+    assert config.clean_bn_statistics and config.elastic_alpha
+    result = train.run(config, mnist, tmp_path)
+    assert result["status"] == records.COMPLETED
+    before = result["running_bn_statistics"]
+    assert set(before) == {"validation_accuracy", "test_accuracy"}
+    assert 0.0 <= before["validation_accuracy"] <= 1.0
+    model = keras.models.load_model(tmp_path / records.MODEL_FILE)
+    conv1 = keras.Model(model.input, model.get_layer("conv1").output)
+    outputs = np.asarray(conv1(mnist.train_images[:2000], training=False))
+    np.testing.assert_allclose(np.asarray(model.get_layer("conv1_bn").moving_mean),
+                               outputs.mean((0, 1, 2)), atol=1e-4)
+    logits = model.predict(mnist.validation_images, batch_size=1000, verbose=0)
+    assert result["validation_accuracy"] == np.mean(logits.argmax(1) == mnist.validation_labels)
