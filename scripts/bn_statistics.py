@@ -8,7 +8,7 @@ of them; or those named by --index), loads its saved model (runs/GRID/NAME/model
 reports validation and test accuracy with the running statistics it trained with, then with the
 statistics recomputed on the clean training images (training.models.set_clean_bn_statistics,
 what runs with clean_bn_statistics do at the end). The saved models and records are not changed.
-Runs that already used clean statistics report the same figure twice.
+Runs that already used clean statistics report both figures from their result record.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import keras
-    import numpy as np
 
     from training import data, models, records
     from training.config import grid
+    from training.train import held_out_accuracies
 
     runs = grid(args.grid)
     indices = args.index if args.index else [
@@ -45,37 +45,29 @@ def main(argv: list[str] | None = None) -> int:
         if run.model.startswith("lenet5_bn") and (run.augment or run.elastic_alpha)]
     mnist = data.load(args.data_dir)
 
-    def accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-        logits = model.predict(images, batch_size=1000, verbose=0)
-        return float(np.mean(logits.argmax(1) == labels))
-
-    def both(model: keras.Model) -> tuple[float, float]:
-        return (accuracy(model, mnist.validation_images, mnist.validation_labels),
-                accuracy(model, mnist.test_images, mnist.test_labels))
-
     lines = ["| index | name | elastic_alpha | epochs | validation (running) | test (running) "
              "| validation (clean) | test (clean) | test change |", "|" + "---|" * 9]
     for index in indices:
         run = runs[index]
         run_dir = args.runs_dir / args.grid / run.name
-        model_file = run_dir / records.MODEL_FILE
-        if not model_file.exists():
+        result = records.read_result(run_dir) or {}
+        if "running_bn_statistics" in result:
+            # Trained with clean statistics: the record holds both figures (the saved model
+            # already has the clean statistics).
+            running, clean = result["running_bn_statistics"], result
+        elif (run_dir / records.MODEL_FILE).exists():
+            model = keras.models.load_model(run_dir / records.MODEL_FILE)
+            running = held_out_accuracies(model, mnist)
+            models.set_clean_bn_statistics(model, mnist.train_images)
+            clean = held_out_accuracies(model, mnist)
+        else:
             print(f"run {index} ({run.name}): no saved model in {run_dir}, skipped",
                   file=sys.stderr)
             continue
-        model = keras.models.load_model(model_file)
-        running = both(model)
-        # Runs trained with clean statistics saved them: their "running" figures are the clean
-        # ones; the record keeps what the running statistics gave.
-        result = records.read_result(run_dir) or {}
-        if "running_bn_statistics" in result:
-            saved = result["running_bn_statistics"]
-            running = (saved["validation_accuracy"], saved["test_accuracy"])
-        models.set_clean_bn_statistics(model, mnist.train_images)
-        clean = both(model)
         line = (f"| {index} | {run.name} | {run.elastic_alpha:g} | {run.epochs} "
-                f"| {running[0]:.2%} | {running[1]:.2%} | {clean[0]:.2%} | {clean[1]:.2%} "
-                f"| {100 * (clean[1] - running[1]):+.2f} |")
+                f"| {running['validation_accuracy']:.2%} | {running['test_accuracy']:.2%} "
+                f"| {clean['validation_accuracy']:.2%} | {clean['test_accuracy']:.2%} "
+                f"| {100 * (clean['test_accuracy'] - running['test_accuracy']):+.2f} |")
         lines.append(line)
         print(line, flush=True)
     table = "\n".join(lines) + "\n"

@@ -113,13 +113,14 @@ def set_clean_bn_statistics(model: keras.Model, images: np.ndarray,
     norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
     for layer in norms:
         upstream = keras.Model(model.input, layer.input)
-        total = total_sq = None
+        total = np.zeros(layer.input.shape[-1])
+        total_sq = np.zeros_like(total)
         count = 0
         for start in range(0, len(images), batch_size):
             x = np.asarray(upstream(images[start:start + batch_size], training=False), np.float64)
             x = x.reshape(-1, x.shape[-1])
-            total = x.sum(0) if total is None else total + x.sum(0)
-            total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
+            total += x.sum(0)
+            total_sq += (x * x).sum(0)
             count += len(x)
         mean = total / count
         layer.moving_mean.assign(mean.astype(np.float32))

@@ -130,6 +130,13 @@ def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> flo
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
+def held_out_accuracies(model: keras.Model, data: Mnist) -> dict[str, float]:
+    """Validation and test accuracy of ``model``, under the result record's keys."""
+    return {"validation_accuracy": _accuracy(model, data.validation_images,
+                                             data.validation_labels),
+            "test_accuracy": _accuracy(model, data.test_images, data.test_labels)}
+
+
 def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = None,
         grid: str | None = None, progress_bar: bool = False) -> dict[str, Any]:
     """Train one run to the end (resuming if a backup exists) and write its result record."""
@@ -206,17 +213,11 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     if not diverged and config.clean_bn_statistics:
         # Record what the last epoch's running statistics gave, then replace them: the
         # ingredient's measured effect stays in the record. Idempotent, so a kill here is safe.
-        result["running_bn_statistics"] = {
-            "validation_accuracy": _accuracy(model, data.validation_images,
-                                             data.validation_labels),
-            "test_accuracy": _accuracy(model, data.test_images, data.test_labels),
-        }
+        result["running_bn_statistics"] = held_out_accuracies(model, data)
         models.set_clean_bn_statistics(model, train_x)
     if not diverged:
         result["training_accuracy"] = _accuracy(model, train_x, train_y)
-        result["validation_accuracy"] = _accuracy(model, data.validation_images,
-                                                  data.validation_labels)
-        result["test_accuracy"] = _accuracy(model, data.test_images, data.test_labels)
+        result.update(held_out_accuracies(model, data))
         model.save(run_dir / MODEL_FILE)
         with tf.summary.create_file_writer(str(tb_dir / "final")).as_default():
             for key in ("training_accuracy", "validation_accuracy", "test_accuracy"):
