@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{contract.DEFAULT_MNIST_DIR})")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     knobs = argparse.ArgumentParser(add_help=False)
-    knobs.add_argument("--epochs", type=int, default=None, help="override every run's epochs")
+    knobs.add_argument("--epochs", type=int, default=None,
+                       help="override every run's epochs (a clean phase that no longer fits "
+                            "is dropped)")
     knobs.add_argument("--train-limit", type=int, default=None,
                        help="train on the first N training images only (smoke tests)")
     knobs.add_argument("--set", action="append", default=[], metavar="[INDEX:]KEY=VALUE",
@@ -184,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.config import run_config
 
         try:
-            config = run_config(args.grid, args.index).with_overrides(
-                **_overrides(args, args.index))
+            config = run_config(args.grid, args.index)
+            if args.epochs is not None:
+                config = config.with_epochs(args.epochs)
+            config = config.with_overrides(**_overrides(args, args.index))
         except (IndexError, KeyError, TypeError, ValueError) as exc:
             log.error("%s", exc)
             return 2

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("index", "name", "group", "model", "optimizer", "learning_rate",
            "activation_function", "batch_size", "dropout", "augment", "elastic_alpha", "schedule",
-           "clean_bn_statistics", "epochs", "parameter_count", "seed", "status",
+           "clean_bn_statistics", "clean_epochs", "epochs", "parameter_count", "seed", "status",
            "training_accuracy", "validation_accuracy", "test_accuracy", "elapsed_time")
 
 
@@ -35,6 +35,7 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
     # Records from before these settings existed:
     row["elastic_alpha"] = config.get("elastic_alpha", 0.0)
     row["clean_bn_statistics"] = config.get("clean_bn_statistics", False)
+    row["clean_epochs"] = config.get("clean_epochs", 0)
     if row["model"] == "softmax":  # no hidden layer: the activation setting plays no part
         row["activation_function"] = "none"
     return row
@@ -48,8 +49,8 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     cols = ("index", "name", "model", "optimizer", "learning_rate", "activation_function",
-            "batch_size", "dropout", "elastic_alpha", "clean_bn_statistics", "epochs", "status",
-            "training_accuracy", "validation_accuracy", "test_accuracy", "elapsed_time")
+            "batch_size", "dropout", "elastic_alpha", "clean_bn_statistics", "clean_epochs", "epochs",
+            "status", "training_accuracy", "validation_accuracy", "test_accuracy", "elapsed_time")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for result in results:
         row = _row(result)

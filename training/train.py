@@ -105,6 +105,19 @@ def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Opti
     return keras.optimizers.Adam(lr)
 
 
+class _TensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, with batch steps counted from the optimizer's step.
+
+    Keras restarts its batch counter at every ``fit``: a resumed run, or the clean phase of a
+    run, would draw its batch losses over the first ones. Listed after BackupAndRestore, so the
+    step is the restored one.
+    """
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        self._global_train_batch = int(self.model.optimizer.iterations.numpy())
+
+
 class _EpochLog(keras.callbacks.Callback):
     """One progress line per epoch (the grid runs several runs side by side) + elapsed time."""
 
@@ -169,14 +182,24 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch",
                                          delete_checkpoint=False),
-        keras.callbacks.TensorBoard(str(tb_dir), update_freq="batch", write_graph=True),
+        _TensorBoard(str(tb_dir), update_freq="batch", write_graph=True),
         epoch_log,
     ]
     log.info("%s: %d parameters, %d epochs of %d steps", config.name, model.count_params(),
              config.epochs, steps)
-    fit = model.fit(**inputs, validation_data=(data.validation_images, data.validation_labels),
-                    validation_batch_size=EVAL_BATCH, epochs=config.epochs, callbacks=callbacks,
+    fit_args = dict(validation_data=(data.validation_images, data.validation_labels),
+                    validation_batch_size=EVAL_BATCH, callbacks=callbacks,
                     verbose=1 if progress_bar else 0)
+    # Two phases when the last epochs train on clean images: the distorted input up to
+    # ``distorted_epochs``, then the clean one. The backup carries the epoch across both (a
+    # resumed run skips a finished phase: Keras starts at the backup's epoch) and the
+    # optimizer's step, so the learning-rate schedule runs on as one.
+    distorted_epochs = config.epochs - config.clean_epochs
+    fit = model.fit(**inputs, epochs=distorted_epochs, **fit_args)
+    if config.clean_epochs:
+        clean = training_inputs(train_x, train_y, config.batch_size, seed=config.seed)
+        fit = model.fit(**clean, initial_epoch=distorted_epochs, epochs=config.epochs,
+                        **fit_args)
     history = read_history(run_dir)  # all epochs, across resumes
     losses = [row["loss"] for row in history] + fit.history.get("loss", [])
     diverged = any(not math.isfinite(x) for x in losses) or not all(

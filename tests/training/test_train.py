@@ -135,3 +135,32 @@ def test_clean_bn_statistics_run_records_both_and_saves_the_clean_model(mnist_di
                                outputs.mean((0, 1, 2)), atol=1e-4)
     logits = model.predict(mnist.validation_images, batch_size=1000, verbose=0)
     assert result["validation_accuracy"] == np.mean(logits.argmax(1) == mnist.validation_labels)
+
+
+def test_clean_phase_trains_last_epochs_on_clean_images_and_resumes_past_it(mnist_dir, tmp_path,
+                                                                           monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training import data, train
+
+    mnist = data.load(mnist_dir)
+    config = run_config("lab", 41).with_overrides(epochs=3, clean_epochs=1, train_limit=1280)
+    inputs = []  # what each phase trained on: distorted (a tf.data map) or the clean arrays
+    real_inputs = train.training_inputs
+    monkeypatch.setattr(train, "training_inputs", lambda *a, **kw: inputs.append(kw) or
+                        real_inputs(*a, **kw))
+    result = train.run(config, mnist, tmp_path)
+    assert result["status"] == records.COMPLETED
+    assert [h["epoch"] for h in records.read_history(tmp_path)] == [0, 1, 2]
+    assert inputs[0]["elastic"] == (17.0, 4.0) and inputs[0]["augment"] is not None
+    assert inputs[1].get("elastic") is None and inputs[1].get("augment") is None
+    # TensorBoard's batch steps run on across the phases: 10 steps an epoch, 30 in all
+    batch_loss = EventAccumulator(str(tmp_path / "tb" / "train"), size_guidance={"tensors": 0})
+    steps = [event.step for event in batch_loss.Reload().Tensors("batch_loss")]
+    assert steps == sorted(set(steps)) and max(steps) == 30
+
+    # Run again over the finished backup (as a pod restarted after its last epoch): both
+    # phases are found done, nothing is trained twice, the same model comes out.
+    again = train.run(config, mnist, tmp_path)
+    assert [h["epoch"] for h in records.read_history(tmp_path)] == [0, 1, 2]
+    assert again["validation_accuracy"] == result["validation_accuracy"]
