@@ -25,6 +25,7 @@ Run order in both grids:
   35-38   run 31's recipe, 50 epochs, batch norm statistics recomputed on clean images; seeds 3-6
   39-40   the same for 70 epochs (run 31 with clean statistics), seeds 3 and 4
   41-42   runs 35-36 with their last 10 epochs on clean (undistorted) training images
+  43-44   runs 32 and 34 (lenet5_bn_wide) likewise, with clean batch norm statistics
 """
 
 from __future__ import annotations
@@ -186,6 +187,13 @@ def _lab_runs() -> list[RunConfig]:
                               "optimized", model="lenet5_bn", dropout=0.25, seed=seed,
                               clean_bn_statistics=True, clean_epochs=10,
                               **{**recipe, "epochs": 50}, **elastic17))
+    # The clean ending on lenet5_bn_wide: runs 32 and 34 (seeds 1, 2; the same first 35
+    # epochs) with clean statistics and their last 10 epochs on clean images.
+    for seed, suffix in ((1, ""), (2, "-seed2")):
+        runs.append(RunConfig(f"lenet5bn-wide-recipe-elastic17-long-cleanbn-clean10{suffix}",
+                              "optimized", model="lenet5_bn_wide", dropout=0.25, seed=seed,
+                              clean_bn_statistics=True, clean_epochs=10,
+                              **{**recipe, "epochs": 45}, **elastic17))
     return runs
 
 
