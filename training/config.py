@@ -26,6 +26,7 @@ Run order in both grids:
   39-40   the same for 70 epochs (run 31 with clean statistics), seeds 3 and 4
   41-42   runs 35-36 with their last 10 epochs on clean (undistorted) training images
   43-44   runs 32 and 34 (lenet5_bn_wide) likewise, with clean batch norm statistics
+  45-46   runs 41-42 with seeds 5 and 6 (runs 37-38 with the clean ending)
 """
 
 from __future__ import annotations
@@ -180,20 +181,18 @@ def _lab_runs() -> list[RunConfig]:
                                   clean_bn_statistics=True, **{**recipe, "epochs": epochs},
                                   **elastic17))
     # Clean statistics fixed batch norm's share of the train/serve skew; the weights still
-    # learnt only distorted digits. Runs 35-36 (same seeds, so the same first 40 epochs) with
-    # their last 10 epochs on the clean training images.
-    for seed in (3, 4):
-        runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean10-seed{seed}",
-                              "optimized", model="lenet5_bn", dropout=0.25, seed=seed,
-                              clean_bn_statistics=True, clean_epochs=10,
-                              **{**recipe, "epochs": 50}, **elastic17))
-    # The clean ending on lenet5_bn_wide: runs 32 and 34 (seeds 1, 2; the same first 35
-    # epochs) with clean statistics and their last 10 epochs on clean images.
-    for seed, suffix in ((1, ""), (2, "-seed2")):
-        runs.append(RunConfig(f"lenet5bn-wide-recipe-elastic17-long-cleanbn-clean10{suffix}",
-                              "optimized", model="lenet5_bn_wide", dropout=0.25, seed=seed,
-                              clean_bn_statistics=True, clean_epochs=10,
-                              **{**recipe, "epochs": 45}, **elastic17))
+    # learnt only distorted digits. Earlier runs again (same seeds, so the same distorted
+    # epochs) with clean statistics and their last 10 epochs on the clean training images:
+    # runs 41-42 extend runs 35-36; 43-44 extend the lenet5_bn_wide runs 32 and 34 (seeds 1,
+    # 2); 45-46 extend runs 37-38.
+    clean_ending = dict(dropout=0.25, clean_bn_statistics=True, clean_epochs=10, **elastic17)
+    narrow, wide = ("lenet5_bn", "lenet5bn-recipe-elastic17", 50), \
+        ("lenet5_bn_wide", "lenet5bn-wide-recipe-elastic17-long", 45)
+    for (model, name, epochs), seed, suffix in ((narrow, 3, "-seed3"), (narrow, 4, "-seed4"),
+                                                (wide, 1, ""), (wide, 2, "-seed2"),
+                                                (narrow, 5, "-seed5"), (narrow, 6, "-seed6")):
+        runs.append(RunConfig(f"{name}-cleanbn-clean10{suffix}", "optimized", model=model,
+                              seed=seed, **{**recipe, "epochs": epochs}, **clean_ending))
     return runs
 
 
