@@ -195,13 +195,13 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     # resumed run skips a finished phase: Keras starts at the backup's epoch) and the
     # optimizer's step, so the learning-rate schedule runs on as one.
     distorted_epochs = config.epochs - config.clean_epochs
-    fit = model.fit(**inputs, epochs=distorted_epochs, **fit_args)
-    if config.clean_epochs:
+    losses = model.fit(**inputs, epochs=distorted_epochs, **fit_args).history.get("loss", [])
+    if config.clean_epochs and not model.stop_training:  # (stopped: the loss turned NaN)
         clean = training_inputs(train_x, train_y, config.batch_size, seed=config.seed)
-        fit = model.fit(**clean, initial_epoch=distorted_epochs, epochs=config.epochs,
-                        **fit_args)
+        losses += model.fit(**clean, initial_epoch=distorted_epochs, epochs=config.epochs,
+                            **fit_args).history.get("loss", [])
     history = read_history(run_dir)  # all epochs, across resumes
-    losses = [row["loss"] for row in history] + fit.history.get("loss", [])
+    losses += [row["loss"] for row in history]
     diverged = any(not math.isfinite(x) for x in losses) or not all(
         np.isfinite(w).all() for w in model.get_weights())
 
