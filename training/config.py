@@ -27,6 +27,7 @@ Run order in both grids:
   41-42   runs 35-36 with their last 10 epochs on clean (undistorted) training images
   43-44   runs 32 and 34 (lenet5_bn_wide) likewise, with clean batch norm statistics
   45-46   runs 41-42 with seeds 5 and 6 (runs 37-38 with the clean ending)
+  47-48   runs 41-42 with a 20-epoch clean ending
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ def _lab_runs() -> list[RunConfig]:
                                                 (narrow, 5, "-seed5"), (narrow, 6, "-seed6")):
         runs.append(RunConfig(f"{name}-cleanbn-clean10{suffix}", "optimized", model=model,
                               seed=seed, **{**recipe, "epochs": epochs}, **clean_ending))
+    # The clean ending's length: runs 41-42 with their last 20 epochs clean (the first 30 the
+    # same as runs 35-36 and 41-42).
+    for seed in (3, 4):
+        runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean20-seed{seed}",
+                              "optimized", model="lenet5_bn", seed=seed,
+                              **{**recipe, "epochs": 50}, **{**clean_ending, "clean_epochs": 20}))
     return runs
 
 
