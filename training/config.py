@@ -187,11 +187,11 @@ def _lab_runs() -> list[RunConfig]:
     # runs 41-42 extend runs 35-36; 43-44 extend the lenet5_bn_wide runs 32 and 34 (seeds 1,
     # 2); 45-46 extend runs 37-38.
     clean_ending = dict(dropout=0.25, clean_bn_statistics=True, clean_epochs=10, **elastic17)
-    narrow, wide = ("lenet5_bn", "lenet5bn-recipe-elastic17", 50), \
-        ("lenet5_bn_wide", "lenet5bn-wide-recipe-elastic17-long", 45)
-    for (model, name, epochs), seed, suffix in ((narrow, 3, "-seed3"), (narrow, 4, "-seed4"),
-                                                (wide, 1, ""), (wide, 2, "-seed2"),
-                                                (narrow, 5, "-seed5"), (narrow, 6, "-seed6")):
+    narrow = ("lenet5_bn", "lenet5bn-recipe-elastic17", 50)
+    wide = ("lenet5_bn_wide", "lenet5bn-wide-recipe-elastic17-long", 45)
+    for (model, name, epochs), seed in ((narrow, 3), (narrow, 4), (wide, 1), (wide, 2),
+                                        (narrow, 5), (narrow, 6)):
+        suffix = "" if model == "lenet5_bn_wide" and seed == 1 else f"-seed{seed}"
         runs.append(RunConfig(f"{name}-cleanbn-clean10{suffix}", "optimized", model=model,
                               seed=seed, **{**recipe, "epochs": epochs}, **clean_ending))
     # The clean ending's length: runs 41-42 with their last 20 epochs clean (the first 30 the

@@ -49,8 +49,8 @@ def _fmt(value: Any) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     cols = ("index", "name", "model", "optimizer", "learning_rate", "activation_function",
-            "batch_size", "dropout", "elastic_alpha", "clean_bn_statistics", "clean_epochs", "epochs",
-            "status", "training_accuracy", "validation_accuracy", "test_accuracy", "elapsed_time")
+            "batch_size", "dropout", "elastic_alpha", "clean_bn_statistics", "clean_epochs",
+            "epochs", "status", "training_accuracy", "validation_accuracy", "test_accuracy", "elapsed_time")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for result in results:
         row = _row(result)
