@@ -28,6 +28,7 @@ Run order in both grids:
   43-44   runs 32 and 34 (lenet5_bn_wide) likewise, with clean batch norm statistics
   45-46   runs 41-42 with seeds 5 and 6 (runs 37-38 with the clean ending)
   47-48   runs 41-42 with a 20-epoch clean ending
+  49-50   runs 41-42 with seeds 7 and 8
 """
 
 from __future__ import annotations
@@ -200,6 +201,11 @@ def _lab_runs() -> list[RunConfig]:
         runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean20-seed{seed}",
                               "optimized", model="lenet5_bn", seed=seed,
                               **{**recipe, "epochs": 50}, **{**clean_ending, "clean_epochs": 20}))
+    # More seeds of the best recipe (runs 41, 42, 45, 46): seeds 7 and 8.
+    for seed in (7, 8):
+        runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean10-seed{seed}",
+                              "optimized", model="lenet5_bn", seed=seed,
+                              **{**recipe, "epochs": 50}, **clean_ending))
     return runs
 
 
