@@ -47,10 +47,9 @@ def _parse_indexes(text: str | None) -> list[int] | None:
 
 
 def _overrides(args: argparse.Namespace, index: int) -> dict:
-    """Checked run overrides from --epochs, --train-limit and --set [N:]KEY=VALUE."""
+    """Checked run overrides from --train-limit and --set [N:]KEY=VALUE (--epochs goes through
+    RunConfig.with_epochs)."""
     over: dict = {}
-    if args.epochs is not None:
-        over["epochs"] = args.epochs
     if args.train_limit is not None:
         over["train_limit"] = args.train_limit
     for item in args.set:
