@@ -1,0 +1,156 @@
+"""Which held-out digits finished runs miss, how much they share, and what their ensemble scores.
+
+Usage: python scripts/error_overlap.py --index N [N ...] [--against N] [--grid lab]
+                                       [--runs-dir runs] [--data-dir DIR] [--out FILE.md]
+                                       [--figure FILE.png]
+
+Loads the saved models of the runs named by --index (runs/GRID/NAME/model.keras) and reports,
+for the validation and the test images: each run's accuracy and error count; the accuracy of
+their ensemble (mean of the softmax probabilities: a yardstick, not a model we ship, as it has
+len(--index) times the parameters); how many images every run misses; and, for the run named by
+--against (default: the grid's selected run, training.records.best), how many of its validation
+errors are errors of the other runs too. --figure draws the validation digits every run misses.
+The saved models and records are not changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def overlap(probabilities: dict[str, np.ndarray], labels: np.ndarray) -> dict:
+    """Errors of each model and of their ensemble on one image set.
+
+    ``probabilities`` maps a model's name to its [N, 10] softmax output. Returns per-model
+    accuracies and error index sets, the ensemble's accuracy (mean probabilities), how many
+    models miss each missed image (image index -> count), and the images every model misses.
+    """
+    errors = {name: set(np.flatnonzero(p.argmax(1) != labels).tolist())
+              for name, p in probabilities.items()}
+    missed_by = Counter(i for missed in errors.values() for i in missed)
+    ensemble = np.mean(list(probabilities.values()), axis=0)
+    return {
+        "accuracy": {name: 1 - len(e) / len(labels) for name, e in errors.items()},
+        "errors": errors,
+        "ensemble_accuracy": float((ensemble.argmax(1) == labels).mean()),
+        "ensemble_prediction": ensemble.argmax(1),
+        "missed_by": dict(missed_by),
+        "missed_by_all": sorted(i for i, n in missed_by.items() if n == len(probabilities)),
+    }
+
+
+def _table(runs: dict[int, str], validation: dict, test: dict) -> list[str]:
+    lines = ["| index | name | validation | val. errors | test | test errors |", "|" + "---|" * 6]
+    for index, name in runs.items():
+        lines.append(f"| {index} | {name} | {validation['accuracy'][name]:.2%} "
+                     f"| {len(validation['errors'][name])} | {test['accuracy'][name]:.2%} "
+                     f"| {len(test['errors'][name])} |")
+    lines.append(f"| | ensemble of {len(runs)} (mean probabilities) "
+                 f"| {validation['ensemble_accuracy']:.2%} "
+                 f"| {round((1 - validation['ensemble_accuracy']) * len(validation['labels']))} "
+                 f"| {test['ensemble_accuracy']:.2%} "
+                 f"| {round((1 - test['ensemble_accuracy']) * len(test['labels']))} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=int, nargs="+", required=True, help="runs to compare")
+    parser.add_argument("--against", type=int, help="a run whose validation errors are "
+                        "looked up among the others' (default: the grid's selected run)")
+    parser.add_argument("--grid", default="lab")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--data-dir", help="MNIST directory (default: $MNIST_DIR or data/mnist)")
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--figure", type=Path, help="PNG of the validation digits all miss")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    from training import data, records
+    from training.config import grid
+
+    runs = grid(args.grid)
+    grid_dir = args.runs_dir / args.grid
+    if args.against is None:
+        selected = records.best(records.read_results(grid_dir))
+        args.against = selected["index"] if selected else None
+    mnist = data.load(args.data_dir)
+
+    def probabilities(index: int) -> tuple[np.ndarray, np.ndarray]:
+        path = grid_dir / runs[index].name / records.MODEL_FILE
+        if not path.exists():
+            raise SystemExit(f"run {index} ({runs[index].name}): no saved model at {path}")
+        model = keras.models.load_model(path)
+        return tuple(keras.ops.convert_to_numpy(keras.ops.softmax(
+            model.predict(images, batch_size=1000, verbose=0)))
+            for images in (mnist.validation_images, mnist.test_images))
+
+    names = {i: runs[i].name for i in args.index}
+    outputs = {names[i]: probabilities(i) for i in args.index}
+    validation = overlap({n: p[0] for n, p in outputs.items()}, mnist.validation_labels)
+    test = overlap({n: p[1] for n, p in outputs.items()}, mnist.test_labels)
+    validation["labels"], test["labels"] = mnist.validation_labels, mnist.test_labels
+
+    lines = _table(names, validation, test)
+    spread = Counter(validation["missed_by"].values())
+    lines += ["", f"Validation images missed by k of the {len(names)} runs: " + ", ".join(
+        f"k={k}: {spread[k]}" for k in sorted(spread, reverse=True)) + "; test images missed "
+        f"by all: {len(test['missed_by_all'])}."]
+    if args.against is not None:
+        against = runs[args.against].name
+        if against in validation["errors"]:
+            own = validation["errors"][against]
+        else:
+            own = overlap({against: probabilities(args.against)[0]},
+                          mnist.validation_labels)["errors"][against]
+        others = {i for name, missed in validation["errors"].items() if name != against
+                  for i in missed}
+        lines.append(
+            f"Run {args.against} ({against}): {len(own)} validation errors, "
+            f"{len(own & set(validation['missed_by_all']))} of them missed by all compared "
+            f"runs, {len(own & others)} by at least one other, {len(own - others)} by none.")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.figure:
+        _figure(args.figure, mnist.validation_images, mnist.validation_labels,
+                validation["missed_by_all"], validation["ensemble_prediction"], len(names))
+    return 0
+
+
+def _figure(path: Path, images: np.ndarray, labels: np.ndarray, indices: list[int],
+            predicted: np.ndarray, count: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(1, min(len(indices), 10))
+    rows = max(1, -(-len(indices) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices, strict=False):  # more axes than digits
+        ax.imshow(images[i, :, :, 0], cmap="gray_r")
+        ax.set_title(f"#{i}: {labels[i]}→{predicted[i]}", fontsize=8)
+    fig.suptitle(f"Validation digits all {count} runs miss (label→ensemble)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
