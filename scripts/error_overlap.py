@@ -7,7 +7,8 @@ Usage: python scripts/error_overlap.py --index N [N ...] [--against N] [--grid l
 Loads the saved models of the runs named by --index (runs/GRID/NAME/model.keras) and reports,
 for the validation and the test images: each run's accuracy and error count; the accuracy of
 their ensemble (mean of the softmax probabilities: a yardstick, not a model we ship, as it has
-len(--index) times the parameters); how many images every run misses; and, for the run named by
+len(--index) times the parameters); how many images every run misses; the correlation of the
+runs' validation and test accuracies (from three runs on); and, for the run named by
 --against (default: the grid's selected run, training.records.best), how many of its validation
 errors are errors of the other runs too. --figure draws the validation digits every run misses.
 The saved models and records are not changed.
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Validation images missed by k of the {len(names)} runs: " + ", ".join(
         f"k={k}: {spread[k]}" for k in sorted(spread, reverse=True)) + "; test images missed "
         f"by all: {len(test['missed_by_all'])}."]
+    if len(names) > 2:
+        r = np.corrcoef([validation["accuracy"][n] for n in names.values()],
+                        [test["accuracy"][n] for n in names.values()])[0, 1]
+        lines.append(f"Correlation of validation and test accuracy over the {len(names)} runs: "
+                     f"r = {r:+.2f}.")
     if args.against is not None:
         against = runs[args.against].name
         if against in validation["errors"]:

@@ -29,6 +29,8 @@ Run order in both grids:
   45-46   runs 41-42 with seeds 5 and 6 (runs 37-38 with the clean ending)
   47-48   runs 41-42 with a 20-epoch clean ending
   49-50   runs 41-42 with seeds 7 and 8
+  51-52   runs 43-44 with seeds 3 and 4
+  53-54   runs 41-42 with elastic alpha 25
 """
 
 from __future__ import annotations
@@ -206,6 +208,17 @@ def _lab_runs() -> list[RunConfig]:
         runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean10-seed{seed}",
                               "optimized", model="lenet5_bn", seed=seed,
                               **{**recipe, "epochs": 50}, **clean_ending))
+    # The lenet5_bn_wide clean ending (runs 43-44) with seeds 3 and 4.
+    for seed in (3, 4):
+        runs.append(RunConfig(f"lenet5bn-wide-recipe-elastic17-long-cleanbn-clean10-seed{seed}",
+                              "optimized", model="lenet5_bn_wide", seed=seed,
+                              **{**recipe, "epochs": 45}, **clean_ending))
+    # Elastic strength between Simard's alpha 34 (underfit at 30 epochs, run 27) and our 17:
+    # runs 41-42 (seeds 3 and 4) with alpha 25.
+    for seed in (3, 4):
+        runs.append(RunConfig(f"lenet5bn-recipe-elastic25-cleanbn-clean10-seed{seed}",
+                              "optimized", model="lenet5_bn", seed=seed,
+                              **{**recipe, "epochs": 50}, **{**clean_ending, "elastic_alpha": 25.0}))
     return runs
 
 

@@ -12,7 +12,7 @@ from training import grid as grid_runner
 
 def test_lab_grid_expansion():
     runs = config.grid("lab")
-    assert len(runs) == 51
+    assert len(runs) == 55
     assert len({r.name for r in runs}) == len(runs)
     grid_runs = [r for r in runs if r.group == "grid"]
     assert [r.name for r in runs[1:17]] == [r.name for r in grid_runs]
@@ -25,7 +25,7 @@ def test_lab_grid_expansion():
     assert (dropout.optimizer, dropout.learning_rate, dropout.activation, dropout.batch_size,
             dropout.dropout) == ("adam", 0.001, "relu", 128, 0.25)
     assert runs[22].model == "lenet5_bn" and runs[22].group == "optimized"
-    assert [r.group for r in runs[21:]] == ["recipe", "optimized", "recipe"] + ["optimized"] * 27
+    assert [r.group for r in runs[21:]] == ["recipe", "optimized", "recipe"] + ["optimized"] * 31
     assert {r.model for r in runs[22:] if r.group == "optimized"} == {"lenet5_bn", "lenet5_bn_wide"}
 
 
@@ -44,21 +44,25 @@ def test_elastic_runs_and_their_cost_order():
 def test_clean_bn_statistics_runs_are_elastic_batch_norm_runs():
     runs = config.grid("lab")
     clean = [i for i, r in enumerate(runs) if r.clean_bn_statistics]
-    assert clean == list(range(35, 51))
+    assert clean == list(range(35, 55))
     assert all(runs[i].elastic_alpha and runs[i].model.startswith("lenet5_bn") for i in clean)
-    settings = {(runs[i].model, runs[i].seed, runs[i].epochs, runs[i].clean_epochs)
-                for i in clean}
+    settings = {(runs[i].model, runs[i].seed, runs[i].epochs, runs[i].clean_epochs,
+                 runs[i].elastic_alpha) for i in clean}
     assert len(settings) == len(clean)
 
 
 def test_clean_phase_runs_repeat_earlier_runs_with_a_clean_ending():
     runs = config.grid("lab")
-    assert [i for i, r in enumerate(runs) if r.clean_epochs] == list(range(41, 51))
+    assert [i for i, r in enumerate(runs) if r.clean_epochs] == list(range(41, 55))
     for i, base in ((41, 35), (42, 36), (45, 37), (46, 38)):
         assert runs[i].with_overrides(name=runs[base].name, clean_epochs=0) == runs[base]
     for i, base in ((43, 32), (44, 34)):  # and clean statistics
         assert runs[i].with_overrides(name=runs[base].name, clean_epochs=0,
                                       clean_bn_statistics=False) == runs[base]
+    for i, base in ((49, 41), (50, 42), (51, 43), (52, 44)):  # other seeds
+        assert runs[i].with_overrides(name=runs[base].name, seed=runs[base].seed) == runs[base]
+    for i, base in ((53, 41), (54, 42)):  # a stronger elastic distortion
+        assert runs[i].with_overrides(name=runs[base].name, elastic_alpha=17.0) == runs[base]
     for i, base in ((47, 41), (48, 42)):  # a longer clean ending
         assert runs[i].with_overrides(name=runs[base].name, clean_epochs=10) == runs[base]
     with pytest.raises(ValueError, match="invalid clean_epochs=11"):
@@ -90,5 +94,5 @@ def test_overrides_are_checked():
 def test_unknown_grid_and_index():
     with pytest.raises(KeyError, match="unknown grid"):
         config.grid("huge")
-    with pytest.raises(IndexError, match="runs 0..50"):
-        config.run_config("lab", 51)
+    with pytest.raises(IndexError, match="runs 0..54"):
+        config.run_config("lab", 55)
