@@ -203,22 +203,20 @@ def _lab_runs() -> list[RunConfig]:
         runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean20-seed{seed}",
                               "optimized", model="lenet5_bn", seed=seed,
                               **{**recipe, "epochs": 50}, **{**clean_ending, "clean_epochs": 20}))
-    # More seeds of the best recipe (runs 41, 42, 45, 46): seeds 7 and 8.
-    for seed in (7, 8):
-        runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean10-seed{seed}",
-                              "optimized", model="lenet5_bn", seed=seed,
-                              **{**recipe, "epochs": 50}, **clean_ending))
-    # The lenet5_bn_wide clean ending (runs 43-44) with seeds 3 and 4.
-    for seed in (3, 4):
-        runs.append(RunConfig(f"lenet5bn-wide-recipe-elastic17-long-cleanbn-clean10-seed{seed}",
-                              "optimized", model="lenet5_bn_wide", seed=seed,
-                              **{**recipe, "epochs": 45}, **clean_ending))
-    # Elastic strength between Simard's alpha 34 (underfit at 30 epochs, run 27) and our 17:
-    # runs 41-42 (seeds 3 and 4) with alpha 25.
-    for seed in (3, 4):
-        runs.append(RunConfig(f"lenet5bn-recipe-elastic25-cleanbn-clean10-seed{seed}",
-                              "optimized", model="lenet5_bn", seed=seed,
-                              **{**recipe, "epochs": 50}, **{**clean_ending, "elastic_alpha": 25.0}))
+    # More seeds of the clean ending: runs 41-42 with seeds 7 and 8, runs 43-44 (lenet5_bn_wide)
+    # with seeds 3 and 4. Then the elastic strength between Simard's alpha 34 (underfit at 30
+    # epochs, run 27) and our 17: runs 41-42 with alpha 25.
+    for name, model, epochs, alpha, seed in (
+        ("lenet5bn-recipe-elastic17", "lenet5_bn", 50, 17.0, 7),
+        ("lenet5bn-recipe-elastic17", "lenet5_bn", 50, 17.0, 8),
+        ("lenet5bn-wide-recipe-elastic17-long", "lenet5_bn_wide", 45, 17.0, 3),
+        ("lenet5bn-wide-recipe-elastic17-long", "lenet5_bn_wide", 45, 17.0, 4),
+        ("lenet5bn-recipe-elastic25", "lenet5_bn", 50, 25.0, 3),
+        ("lenet5bn-recipe-elastic25", "lenet5_bn", 50, 25.0, 4),
+    ):
+        runs.append(RunConfig(f"{name}-cleanbn-clean10-seed{seed}", "optimized", model=model,
+                              seed=seed, **{**recipe, "epochs": epochs},
+                              **{**clean_ending, "elastic_alpha": alpha}))
     return runs
 
 
