@@ -29,6 +29,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def missed(probabilities: np.ndarray, labels: np.ndarray) -> set[int]:
+    """Indices of the images whose most probable class is not their label."""
+    return set(np.flatnonzero(probabilities.argmax(1) != labels).tolist())
+
+
 def overlap(probabilities: dict[str, np.ndarray], labels: np.ndarray) -> dict:
     """Errors of each model and of their ensemble on one image set.
 
@@ -36,14 +41,15 @@ def overlap(probabilities: dict[str, np.ndarray], labels: np.ndarray) -> dict:
     accuracies and error index sets, the ensemble's accuracy (mean probabilities), how many
     models miss each missed image (image index -> count), and the images every model misses.
     """
-    errors = {name: set(np.flatnonzero(p.argmax(1) != labels).tolist())
-              for name, p in probabilities.items()}
-    missed_by = Counter(i for missed in errors.values() for i in missed)
+    errors = {name: missed(p, labels) for name, p in probabilities.items()}
+    missed_by = Counter(i for images in errors.values() for i in images)
     ensemble = np.mean(list(probabilities.values()), axis=0)
+    ensemble_errors = len(missed(ensemble, labels))
     return {
         "accuracy": {name: 1 - len(e) / len(labels) for name, e in errors.items()},
         "errors": errors,
-        "ensemble_accuracy": float((ensemble.argmax(1) == labels).mean()),
+        "ensemble_accuracy": 1 - ensemble_errors / len(labels),
+        "ensemble_errors": ensemble_errors,
         "ensemble_prediction": ensemble.argmax(1),
         "missed_by": dict(missed_by),
         "missed_by_all": sorted(i for i, n in missed_by.items() if n == len(probabilities)),
@@ -57,10 +63,8 @@ def _table(runs: dict[int, str], validation: dict, test: dict) -> list[str]:
                      f"| {len(validation['errors'][name])} | {test['accuracy'][name]:.2%} "
                      f"| {len(test['errors'][name])} |")
     lines.append(f"| | ensemble of {len(runs)} (mean probabilities) "
-                 f"| {validation['ensemble_accuracy']:.2%} "
-                 f"| {round((1 - validation['ensemble_accuracy']) * len(validation['labels']))} "
-                 f"| {test['ensemble_accuracy']:.2%} "
-                 f"| {round((1 - test['ensemble_accuracy']) * len(test['labels']))} |")
+                 f"| {validation['ensemble_accuracy']:.2%} | {validation['ensemble_errors']} "
+                 f"| {test['ensemble_accuracy']:.2%} | {test['ensemble_errors']} |")
     return lines
 
 
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from training import data, records
     from training.config import grid
+    from training.train import EVAL_BATCH
 
     runs = grid(args.grid)
     grid_dir = args.runs_dir / args.grid
@@ -88,20 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         args.against = selected["index"] if selected else None
     mnist = data.load(args.data_dir)
 
-    def probabilities(index: int) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(index: int, *image_sets: np.ndarray) -> list[np.ndarray]:
         path = grid_dir / runs[index].name / records.MODEL_FILE
         if not path.exists():
             raise SystemExit(f"run {index} ({runs[index].name}): no saved model at {path}")
         model = keras.models.load_model(path)
-        return tuple(keras.ops.convert_to_numpy(keras.ops.softmax(
-            model.predict(images, batch_size=1000, verbose=0)))
-            for images in (mnist.validation_images, mnist.test_images))
+        return [keras.ops.convert_to_numpy(keras.ops.softmax(
+            model.predict(images, batch_size=EVAL_BATCH, verbose=0))) for images in image_sets]
 
     names = {i: runs[i].name for i in args.index}
-    outputs = {names[i]: probabilities(i) for i in args.index}
+    outputs = {names[i]: probabilities(i, mnist.validation_images, mnist.test_images)
+               for i in args.index}
     validation = overlap({n: p[0] for n, p in outputs.items()}, mnist.validation_labels)
     test = overlap({n: p[1] for n, p in outputs.items()}, mnist.test_labels)
-    validation["labels"], test["labels"] = mnist.validation_labels, mnist.test_labels
 
     lines = _table(names, validation, test)
     spread = Counter(validation["missed_by"].values())
@@ -115,13 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"r = {r:+.2f}.")
     if args.against is not None:
         against = runs[args.against].name
-        if against in validation["errors"]:
-            own = validation["errors"][against]
-        else:
-            own = overlap({against: probabilities(args.against)[0]},
-                          mnist.validation_labels)["errors"][against]
-        others = {i for name, missed in validation["errors"].items() if name != against
-                  for i in missed}
+        own = validation["errors"].get(against)
+        if own is None:  # not among the compared runs
+            own = missed(probabilities(args.against, mnist.validation_images)[0],
+                         mnist.validation_labels)
+        others = {i for name, images in validation["errors"].items() if name != against
+                  for i in images}
         lines.append(
             f"Run {args.against} ({against}): {len(own)} validation errors, "
             f"{len(own & set(validation['missed_by_all']))} of them missed by all compared "
