@@ -15,10 +15,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv demo test lint protos clean
 
-$(VENV)/.installed: requirements/*.txt
+# The project itself, editable, with every role's extra (pinned by the lock): console entry points
+# digits-train, digits-serve, digits, digits-loadtest beside `python -m`.
+$(VENV)/.installed: requirements/*.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt
+	$(PYTHON) -m pip install --quiet -c requirements/lock.txt -e '.[train,serve,client,loadtest,dev]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -30,10 +32,12 @@ demo: venv
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 protos: venv
 	$(PYTHON) scripts/gen_protos.py

@@ -28,12 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from client import contract
+import contract
 from client.api import ModelSpec, connect
-from client.errors import ServerError
 from client.grpc_client import PROTOCOL as GRPC
 from client.locust_stats import read_live_stats  # plain JSON helpers: no Locust import
 from client.rest_client import PROTOCOL as REST
+from contract.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -423,8 +423,7 @@ def _check_server(args: argparse.Namespace) -> None:
         with connect(spec=spec, timeout=args.timeout, **{kind: where}) as client:
             versions = client.status()
         if not any(v.available for v in versions):
-            raise ServerError(
-                "UNAVAILABLE",
+            raise Unavailable(
                 f"model {args.model_name} has no AVAILABLE version at {where}",
                 protocol=kind,
             )

@@ -21,10 +21,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from client import contract
+import contract
 from client.api import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, connect
-from client.errors import DigitsError, InputError, ServerError
 from client.images import InputImage, load_inputs
+from contract.errors import DigitsError, InputError, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ EXIT_CODES = {
 }
 
 
-def _exit_code_for(error: ServerError) -> int:
+def _exit_code_for(error: ServingError) -> int:
     return EXIT_UNREACHABLE if error.unreachable else EXIT_REJECTED
 
 
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from client.bench import run_bench
 
         return run_bench(args)
-    except ServerError as exc:
+    except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code_for(exc)
     except InputError as exc:

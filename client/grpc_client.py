@@ -2,7 +2,7 @@
 
 Our messages live in the ``digits.tfserving`` proto package (see ``protos/``), wire-identical to
 TF Serving's, and no service is declared there, so the TF Serving method paths from
-:mod:`client.contract` are bound here with ``channel.unary_unary``. Inputs travel as
+:mod:`contract` are bound here with ``channel.unary_unary``. Inputs travel as
 ``tensor_content`` (raw little-endian bytes: the cheapest encoding for both ends; TF Serving
 accepts it). This module never imports TensorFlow.
 """
@@ -16,21 +16,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from client import contract
-from client.api import (
-    DigitsClient,
-    ModelMetadata,
-    ModelSpec,
-    Prediction,
-    Signature,
-    TensorSpec,
-    VersionStatus,
-    as_batch,
-    checked_prediction,
-)
-from client.codecs import TensorCodecError, dtype_name, make_ndarray, make_tensor_proto
-from client.errors import ProtocolError, server_error
-from client.proto import digits_tfserving_pb2 as pb
+import contract
+from client.base import DigitsClient, ModelSpec, Prediction, as_batch, checked_prediction
+from contract.codecs import TensorCodecError, dtype_name, make_ndarray, make_tensor_proto
+from contract.errors import ProtocolError, error_for
+from contract.proto import digits_tfserving_pb2 as pb
+from contract.types import ModelMetadata, Signature, TensorSpec, VersionStatus
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +120,11 @@ def parse_status(response: pb.GetModelStatusResponse) -> list[VersionStatus]:
 
 
 def rpc_error(exc: grpc.RpcError) -> Exception:
-    """The :mod:`client.errors` class for a failed call (code name + the server's details)."""
+    """The :mod:`contract.errors` class for a failed call (code name + the server's details)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    return server_error(name, details or name, protocol=PROTOCOL)
+    return error_for(name, details or name, protocol=PROTOCOL)
 
 
 def channel_options() -> list[tuple[str, Any]]:

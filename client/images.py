@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from client import contract
-from client.errors import InputError
-from client.mnist_idx import IdxError, load_split, to_model_input
+import contract
+from contract.errors import InputError
+from contract.mnist import DataError, load_split, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _load_mnist(spec: str, directory: str | None) -> list[InputImage]:
     split, indices = parse_mnist_spec(spec)
     try:
         images, labels = load_split(split, directory)
-    except IdxError as exc:
+    except DataError as exc:
         raise InputError(spec, str(exc)) from None
     bad = [i for i in indices if not 0 <= i < len(images)]
     if bad:

@@ -36,15 +36,16 @@ from locust import User, constant, task  # noqa: E402
 from locust.contrib.fasthttp import FastHttpUser  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
-from client import contract, grpc_client, rest_client  # noqa: E402
+import contract  # noqa: E402
+from client import grpc_client, rest_client  # noqa: E402
 from client.api import ModelSpec, Prediction  # noqa: E402
-from client.errors import DigitsError, ProtocolError  # noqa: E402
 from client.grpc_client import GrpcClient, predict_request  # noqa: E402
 from client.grpc_client import parse_predict_response as parse_grpc_answer  # noqa: E402
 from client.locust_stats import LiveStats  # noqa: E402
-from client.mnist_idx import load_split, to_model_input  # noqa: E402
 from client.rest_client import model_path, predict_body  # noqa: E402
 from client.rest_client import parse_predict_response as parse_rest_answer  # noqa: E402
+from contract.errors import DigitsError, ProtocolError  # noqa: E402
+from contract.mnist import load_split, to_model_input  # noqa: E402
 
 log = logging.getLogger(__name__)
 

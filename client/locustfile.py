@@ -29,7 +29,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from client import contract  # noqa: E402
+import contract  # noqa: E402
 from client.locust_stats import REPORT_KEY  # noqa: E402
 from client.locust_users import (  # noqa: E402
     DEFAULT_SAMPLE,
@@ -40,7 +40,7 @@ from client.locust_users import (  # noqa: E402
     RestDigitsUser,
     live_stats,
 )
-from client.mnist_idx import IdxError  # noqa: E402
+from contract.mnist import DataError  # noqa: E402
 
 __all__ = ["GrpcDigitsUser", "RestDigitsUser"]
 
@@ -110,7 +110,7 @@ def _on_init(environment: Environment, **_kwargs: object) -> None:
         # may lack the MNIST directory the master will send; then it is loaded at test start.
         try:
             DigitPool.get(environment)
-        except IdxError as exc:
+        except DataError as exc:
             log.info("MNIST digits not loaded yet (%s); will load at test start", exc)
 
     cpu_at_start: list[float] = []

@@ -15,25 +15,16 @@ from typing import Any
 import numpy as np
 import requests
 
-from client import contract
-from client.api import (
-    DigitsClient,
-    ModelMetadata,
-    ModelSpec,
-    Prediction,
-    Signature,
-    TensorSpec,
-    VersionStatus,
-    as_batch,
-    checked_prediction,
-)
-from client.errors import (
+import contract
+from client.base import DigitsClient, ModelSpec, Prediction, as_batch, checked_prediction
+from contract.errors import (
     DeadlineExceeded,
     ProtocolError,
     Unavailable,
-    grpc_code_for_http,
-    server_error,
+    code_for_http,
+    error_for,
 )
+from contract.types import ModelMetadata, Signature, TensorSpec, VersionStatus
 
 log = logging.getLogger(__name__)
 
@@ -198,20 +189,17 @@ class RestClient(DigitsClient):
             response = self._session.request(method, url, data=body, headers=headers, timeout=self.timeout)
         except requests.Timeout as exc:
             raise DeadlineExceeded(
-                "DEADLINE_EXCEEDED",
                 f"no answer from {url} within {self.timeout:g} s ({exc})",
                 protocol=PROTOCOL,
             ) from None
         except requests.ConnectionError as exc:
-            raise Unavailable(
-                "UNAVAILABLE", f"cannot reach {url}: {_root_cause(exc)}", protocol=PROTOCOL
-            ) from None
+            raise Unavailable(f"cannot reach {url}: {_root_cause(exc)}", protocol=PROTOCOL) from None
         except requests.RequestException as exc:
-            raise Unavailable("UNAVAILABLE", f"{url}: {exc}", protocol=PROTOCOL) from None
+            raise Unavailable(f"{url}: {exc}", protocol=PROTOCOL) from None
         log.debug("%s %s -> %s", method, url, response.status_code)
         if response.status_code >= 400:
-            raise server_error(
-                grpc_code_for_http(response.status_code),
+            raise error_for(
+                code_for_http(response.status_code),
                 _error_message(response),
                 http_status=response.status_code,
                 protocol=PROTOCOL,

@@ -38,8 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from client.bench import server_cpu_seconds  # noqa: E402
-from client.codecs import make_tensor_proto  # noqa: E402
-from client.contract import (  # noqa: E402
+from contract import (  # noqa: E402
     INPUT_NAME,
     INPUT_SHAPE,
     MODEL_NAME,
@@ -47,7 +46,8 @@ from client.contract import (  # noqa: E402
     READINESS_PATH,
     REST_MODELS_PREFIX,
 )
-from client.proto import digits_tfserving_pb2 as pb  # noqa: E402
+from contract.codecs import make_tensor_proto  # noqa: E402
+from contract.proto import digits_tfserving_pb2 as pb  # noqa: E402
 
 
 def _images(count: int) -> np.ndarray:

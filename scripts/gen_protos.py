@@ -1,4 +1,4 @@
-"""Generate the Python code for protos/ into client/proto/ (the one way it is produced).
+"""Generate the Python code for contract/proto/*.proto beside them (the one way it is produced).
 
 Usage: python scripts/gen_protos.py [--check] [--out-dir DIR]
 
@@ -18,13 +18,13 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_DIR = ROOT / "protos"
-OUT_DIR = ROOT / "client" / "proto"
-INIT = '"""Generated protobuf code for protos/ (python scripts/gen_protos.py). Do not edit."""\n'
+PROTO_DIR = ROOT / "contract" / "proto"
+OUT_DIR = PROTO_DIR
+INIT = '"""Our .proto files and their generated code (python scripts/gen_protos.py). Do not edit."""\n'
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Compile every .proto under protos/ into ``out_dir``; returns the files written."""
+    """Compile every .proto of contract/proto/ into ``out_dir``; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     well_known = str(resources.files("grpc_tools") / "_proto")
     protos = sorted(PROTO_DIR.glob("*.proto"))
@@ -46,7 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed code is stale")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR,
-                        help="where the generated code lives (default: client/proto)")
+                        help="where the generated code lives (default: contract/proto)")
     args = parser.parse_args()
     out_dir = args.out_dir.resolve()
     if not args.check:

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.mnist_idx import load_split  # noqa: E402
+from contract.mnist import load_split  # noqa: E402
 
 # (digit, MNIST test index, style, output side in px, file type)
 SAMPLES = [

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serving.errors import DeadlineExceeded, ResourceExhausted, ServingError, Unavailable
+from contract.errors import DeadlineExceeded, ResourceExhausted, ServingError, Unavailable
 from serving.runtime import LoadedModel
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The REST and gRPC adapters decode their request into plain values (numpy arrays, version
 numbers, names), call one method here, and encode the result. Every client mistake is raised as
-a ``serving.errors.ServingError`` with its gRPC code; the adapters only translate it.
+a ``contract.errors.ServingError`` with its gRPC code; the adapters only translate it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from google.protobuf import json_format
 
-from client.codecs import data_type
-from client.contract import (
+from contract import (
     INPUT_NAME,
     INPUT_SPEC,
     MAX_BATCH_SIZE,
@@ -25,10 +24,11 @@ from client.contract import (
     SIGNATURE_DEF_MAP_TYPE_URL,
     SIGNATURE_NAME,
 )
-from client.proto import digits_tfserving_pb2 as pb
+from contract.codecs import data_type
+from contract.errors import InvalidArgument, NotFound
+from contract.proto import digits_tfserving_pb2 as pb
 from serving import metrics
 from serving.batching import Batcher
-from serving.errors import InvalidArgument, NotFound
 from serving.repository import ModelRepository
 from serving.runtime import LoadedModel, prepare_images, signature_check
 

@@ -19,17 +19,17 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from client.codecs import TensorCodecError, make_ndarray, make_tensor_proto
-from client.contract import (
+from contract import (
     GET_MODEL_METADATA_RPC,
     GET_MODEL_STATUS_RPC,
     PREDICT_RPC,
     SIGNATURE_NAME,
 )
-from client.proto import digits_tfserving_pb2 as pb
+from contract.codecs import make_ndarray, make_tensor_proto
+from contract.errors import DeadlineExceeded, InvalidArgument, ServingError
+from contract.proto import digits_tfserving_pb2 as pb
 from serving import metrics
 from serving.dataplane import DataPlane
-from serving.errors import DeadlineExceeded, InvalidArgument, ServingError
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("serving.access")
@@ -68,10 +68,7 @@ class PredictionHandlers:
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("deadline exceeded before the request was served")
         name, version, label = _spec(request.model_spec)
-        try:
-            inputs = {key: make_ndarray(tensor) for key, tensor in request.inputs.items()}
-        except TensorCodecError as exc:
-            raise InvalidArgument(str(exc)) from None
+        inputs = {key: make_ndarray(tensor) for key, tensor in request.inputs.items()}
         answered, outputs = self.dataplane.predict(
             name,
             inputs,

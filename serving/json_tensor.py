@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import orjson
 
-from client.contract import IMAGE_SIZE, INPUT_SHAPE, MAX_BATCH_SIZE, PIXELS
+from contract import IMAGE_SIZE, INPUT_SHAPE, MAX_BATCH_SIZE, PIXELS
 
 # Inner dimensions of one image by array rank (batch dimension first).
 _INNER = {4: INPUT_SHAPE, 3: (IMAGE_SIZE, IMAGE_SIZE), 2: (PIXELS,)}

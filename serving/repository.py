@@ -16,31 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from client.contract import ONNX_FILENAME, model_versions, version_path
-from serving.errors import NotFound, Unavailable
-from serving.runtime import LoadedModel, ModelLoadError
+from contract import ONNX_FILENAME, model_versions, version_path
+from contract.errors import NotFound, ServingError, Unavailable
+from contract.types import AVAILABLE, END, LOADING, VersionStatus
+from serving.runtime import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-# TF Serving's ModelVersionStatus.State names.
-LOADING = "LOADING"
-AVAILABLE = "AVAILABLE"
-END = "END"
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    """One row of GetModelStatus: a version, its state and the error that ended it (if any)."""
-
-    version: int
-    state: str
-    error_code: str = "OK"
-    error_message: str = ""
-
 
 def _fingerprint(directory: Path) -> tuple:
     """Changes when the version's files change, so a failed version is retried only then."""
@@ -194,7 +178,7 @@ class ModelRepository:
             model = LoadedModel(version, directory, self.intra_op_threads)
             if self.warm_up:
                 model.warm_up()
-        except ModelLoadError as exc:
+        except ServingError as exc:  # the version cannot serve: the runtime says why
             return self._failed_load(version, directory, exc.code, exc.message)
         except Exception as exc:  # e.g. ORT failing at warm-up on a graph it accepted
             return self._failed_load(version, directory, "INTERNAL", f"{type(exc).__name__}: {exc}")

@@ -23,7 +23,7 @@ from flask import Flask, Response, request
 from google.protobuf import json_format
 from werkzeug.exceptions import HTTPException
 
-from client.contract import (
+from contract import (
     INPUT_NAME,
     LIVENESS_PATH,
     METADATA_FIELD_SIGNATURE_DEF,
@@ -34,9 +34,9 @@ from client.contract import (
     READINESS_PATH,
     REST_MODELS_PREFIX,
 )
+from contract.errors import InvalidArgument, ServingError
 from serving import metrics
 from serving.dataplane import DataPlane
-from serving.errors import InvalidArgument, ServingError
 from serving.json_tensor import parse_predict_body
 
 logger = logging.getLogger(__name__)

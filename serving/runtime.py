@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from client.contract import (
+from contract import (
     IMAGE_SIZE,
     INPUT_NAME,
     INPUT_SHAPE,
@@ -28,7 +28,7 @@ from client.contract import (
     PIXEL_SCALE,
     PIXELS,
 )
-from serving.errors import FailedPrecondition, InvalidArgument
+from contract.errors import FailedPrecondition, InvalidArgument, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -37,36 +37,25 @@ _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
 ACCEPTED_SHAPES = f"[N,{IMAGE_SIZE},{IMAGE_SIZE},1], [N,{IMAGE_SIZE},{IMAGE_SIZE}] or [N,{PIXELS}]"
 
 
-class ModelLoadError(Exception):
-    """A version directory that cannot serve; ``code`` is the gRPC code reported in status."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _check_io(kind: str, got: list, spec: dict[str, tuple[str, tuple]]) -> None:
     by_name = {arg.name: arg for arg in got}
     missing = sorted(set(spec) - set(by_name))
     if missing:
-        raise ModelLoadError(
-            "INVALID_ARGUMENT",
-            f"model {kind}s {sorted(by_name)} lack {missing} required by the serving contract",
+        raise InvalidArgument(
+                f"model {kind}s {sorted(by_name)} lack {missing} required by the serving contract",
         )
     for name, (dtype, shape) in spec.items():
         arg = by_name[name]
         if arg.type != _ORT_TYPES[dtype]:
-            raise ModelLoadError(
-                "INVALID_ARGUMENT", f"model {kind} {name!r} has type {arg.type}, expected {dtype}"
+            raise InvalidArgument(
+                f"model {kind} {name!r} has type {arg.type}, expected {dtype}"
             )
         # The batch dimension may be symbolic or fixed; the others must match exactly.
         if len(arg.shape) != len(shape) or any(
             want is not None and got_dim != want
             for got_dim, want in zip(arg.shape, shape, strict=False)
         ):
-            raise ModelLoadError(
-                "INVALID_ARGUMENT",
+            raise InvalidArgument(
                 f"model {kind} {name!r} has shape {arg.shape}, expected {['N', *shape[1:]]}",
             )
 
@@ -79,7 +68,7 @@ class LoadedModel:
         self.directory = directory
         path = directory / ONNX_FILENAME
         if not path.is_file():
-            raise ModelLoadError("NOT_FOUND", f"{path} does not exist")
+            raise NotFound(f"{path} does not exist")
         options = ort.SessionOptions()
         # One intra-op thread per worker process: measured 2x faster than ORT's pool here,
         # and the worker processes already use every core.
@@ -91,7 +80,8 @@ class LoadedModel:
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises its own exception types for corrupt graphs
-            raise ModelLoadError("INVALID_ARGUMENT", f"cannot load {path}: {exc}") from None
+            raise InvalidArgument(
+                f"cannot load {path}: {exc}") from None
         _check_io("input", self.session.get_inputs(), INPUT_SPEC)
         _check_io("output", self.session.get_outputs(), OUTPUT_SPEC)
         fixed_batch = self.session.get_inputs()[0].shape[0]
@@ -109,8 +99,7 @@ class LoadedModel:
         batch = self.fixed_batch or 1
         result = self.run(np.zeros((batch, *INPUT_SHAPE), dtype=np.float32))
         if result[OUTPUT_DIGIT].shape != (batch,):
-            raise ModelLoadError(
-                "INVALID_ARGUMENT",
+            raise InvalidArgument(
                 f"warm-up returned {OUTPUT_DIGIT} of shape {result[OUTPUT_DIGIT].shape}",
             )
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.contract import DEFAULT_MODEL_BASE_PATH, GRPC_PORT, MODEL_NAME, REST_PORT
+from contract import DEFAULT_MODEL_BASE_PATH, GRPC_PORT, MODEL_NAME, REST_PORT
 
 ENV_PREFIX = "SERVING_"
 _POLICY = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")

@@ -21,7 +21,7 @@ import pytest
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from client import contract  # noqa: E402
+import contract  # noqa: E402
 
 FIXTURE_RUN_INDEX = 12  # lenet5-adam-0.001-relu-b128, the lab's best grid config
 

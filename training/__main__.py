@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from client import contract  # noqa: E402
+import contract  # noqa: E402
 from training.config import GRIDS, grid  # noqa: E402
 
 log = logging.getLogger("training")

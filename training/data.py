@@ -1,9 +1,8 @@
-"""MNIST: find, download, verify and load the four official IDX files; the lab's split.
+"""MNIST for training: download the four official IDX files if missing, load them, the lab's split.
 
-The files are read from a directory (flag, or the ``MNIST_DIR`` environment variable, default
-``data/mnist``), gzipped or not. Every file is checked before use: magic number, header counts
-against the file size, MD5 of the decompressed bytes, and image/label counts. A file that fails
-any check raises :class:`DataError` naming the file; we never train on corrupt data.
+Reading and verifying a file (magic number, header counts against the file size, MD5 of the
+decompressed bytes) is the foundation's (:mod:`contract.mnist`); a file that fails a check raises
+:class:`contract.mnist.DataError` naming the file, and we never train on corrupt data.
 
 Missing files are downloaded from public mirrors (with retries), verified, then written
 atomically. Without network the error says how to provide the files by hand.
@@ -15,10 +14,8 @@ validation set, the other 55,000 train; the 10,000 test images are for test only
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
-import struct
 import tempfile
 import time
 import urllib.error
@@ -28,28 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from client import contract
+import contract
+from contract.mnist import FILES, DataError, find, mnist_dir, parse_idx, read_file, to_model_input
 
 log = logging.getLogger(__name__)
 
 VALIDATION_SIZE = 5000  # read_data_sets' default: the first 5,000 training images
 
-# file stem -> (IDX magic number, md5 of the decompressed bytes, expected item count)
-FILES = {
-    "train-images-idx3-ubyte": (2051, "6bbc9ace898e44ae57da46a324031adb", 60000),
-    "train-labels-idx1-ubyte": (2049, "a25bea736e30d166cdddb491f175f624", 60000),
-    "t10k-images-idx3-ubyte": (2051, "2646ac647ad5339dbf082846283269ea", 10000),
-    "t10k-labels-idx1-ubyte": (2049, "27ae3e4e09519cfbb04c329615203637", 10000),
-}
 MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
 )
 DOWNLOAD_ATTEMPTS = 3
-
-
-class DataError(RuntimeError):
-    """MNIST files missing, unreachable or corrupt; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -63,54 +50,6 @@ class Mnist:
     test_images: np.ndarray
     test_labels: np.ndarray
     checksums: dict[str, str]  # file stem -> md5 of the decompressed bytes
-
-
-def resolve_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The data directory: the argument, else $MNIST_DIR, else data/mnist."""
-    chosen = data_dir or os.environ.get(contract.MNIST_DIR_ENV) or contract.DEFAULT_MNIST_DIR
-    return Path(chosen)
-
-
-def _find(directory: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
-def _read_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if path.suffix != ".gz":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a valid gzip file ({exc}); delete it and retry") from exc
-
-
-def parse_idx(data: bytes, stem: str, origin: Path | str) -> np.ndarray:
-    """Check one decompressed IDX file completely and return its uint8 array."""
-    magic, expected_md5, expected_count = FILES[stem]
-    dims = magic & 0xFF  # 1 for labels, 3 for images
-    header = 4 + 4 * dims
-    if len(data) < header:
-        raise DataError(f"{origin}: truncated ({len(data)} bytes, shorter than the IDX header)")
-    (found_magic,) = struct.unpack(">I", data[:4])
-    if found_magic != magic:
-        raise DataError(f"{origin}: wrong magic number {found_magic} (expected {magic}); "
-                        "is this the right file?")
-    shape = struct.unpack(f">{dims}I", data[4:header])
-    size = int(np.prod(shape))
-    if len(data) != header + size:
-        raise DataError(f"{origin}: truncated or padded: {len(data) - header} data bytes, "
-                        f"header promises {size} for shape {shape}")
-    if shape[0] != expected_count:
-        raise DataError(f"{origin}: {shape[0]} items, expected {expected_count}")
-    digest = hashlib.md5(data).hexdigest()
-    if digest != expected_md5:
-        raise DataError(f"{origin}: checksum mismatch (md5 {digest}, expected {expected_md5}); "
-                        "the file is corrupt: delete it and download it again")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _download(stem: str, directory: Path) -> Path:
@@ -144,39 +83,25 @@ def _download(stem: str, directory: Path) -> Path:
 
 def load_file(directory: Path, stem: str, download: bool = True) -> tuple[np.ndarray, str]:
     """One verified IDX array and the md5 of its decompressed bytes."""
-    path = _find(directory, stem)
-    if path is None:
-        if not download:
-            raise DataError(f"{directory / (stem + '.gz')}: missing; copy the official MNIST "
-                            f"files there or set ${contract.MNIST_DIR_ENV}")
-        path = _download(stem, directory)
-    data = _read_bytes(path)
-    return parse_idx(data, stem, path), FILES[stem][1]
-
-
-def scale(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1] in [0, 1] (byte / 255, the contract's scaling)."""
-    return (images.astype(np.float32) / contract.PIXEL_SCALE)[..., np.newaxis]
+    if download and find(directory, stem) is None:
+        _download(stem, directory)
+    return read_file(directory, stem), FILES[stem][1]
 
 
 def load(data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> Mnist:
-    """Load, verify and split MNIST from ``data_dir`` (see :func:`resolve_dir`)."""
-    directory = resolve_dir(data_dir)
+    """Load, verify and split MNIST from ``data_dir`` (else $MNIST_DIR, else data/mnist)."""
+    directory = mnist_dir(data_dir)
     arrays, checksums = {}, {}
     for stem in FILES:
         arrays[stem], checksums[stem] = load_file(directory, stem, download)
-    for split in ("train", "t10k"):
-        n_img, n_lab = len(arrays[f"{split}-images-idx3-ubyte"]), len(arrays[f"{split}-labels-idx1-ubyte"])
-        if n_img != n_lab:
-            raise DataError(f"{directory}: {split} has {n_img} images but {n_lab} labels")
-    train_x = scale(arrays["train-images-idx3-ubyte"])
+    train_x = to_model_input(arrays["train-images-idx3-ubyte"])
     train_y = arrays["train-labels-idx1-ubyte"].astype(np.int64)
     return Mnist(
         train_images=train_x[VALIDATION_SIZE:],
         train_labels=train_y[VALIDATION_SIZE:],
         validation_images=train_x[:VALIDATION_SIZE],
         validation_labels=train_y[:VALIDATION_SIZE],
-        test_images=scale(arrays["t10k-images-idx3-ubyte"]),
+        test_images=to_model_input(arrays["t10k-images-idx3-ubyte"]),
         test_labels=arrays["t10k-labels-idx1-ubyte"].astype(np.int64),
         checksums=checksums,
     )

@@ -33,7 +33,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from client import contract
+import contract
 from training.data import Mnist
 from training.records import COMPLETED, MODEL_FILE, best, read_results, write_json_atomic
 

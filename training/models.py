@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from client import contract
+import contract
 from training import distortions
 from training.config import RunConfig
 

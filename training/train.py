@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from client import contract
+import contract
 from training import distortions, models
 from training.config import RunConfig
 from training.data import Mnist

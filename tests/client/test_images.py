@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import contract
-from client.errors import InputError
+import contract
 from client.images import FIT_BOX, load_inputs, parse_mnist_spec, preprocess
-from client.mnist_idx import load_split
+from contract.errors import InputError
+from contract.mnist import load_split
 
 SIZE = contract.IMAGE_SIZE
 

@@ -10,22 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import contract
-from client.api import ModelSpec, as_batch
-from client.codecs import make_ndarray, make_tensor_proto
-from client.errors import (
-    InvalidArgument,
-    NotFound,
-    ProtocolError,
-    ResourceExhausted,
-    ServerError,
-    grpc_code_for_http,
-    server_error,
-)
+import contract
+from client.base import ModelSpec, as_batch
 from client.grpc_client import model_spec_proto, predict_request
 from client.grpc_client import parse_metadata as parse_grpc_metadata
 from client.grpc_client import parse_predict_response as parse_grpc_answer
-from client.proto import digits_tfserving_pb2 as pb
 from client.rest_client import (
     model_path,
     normalise_base_url,
@@ -34,6 +23,18 @@ from client.rest_client import (
     parse_status,
     predict_body,
 )
+from contract.codecs import make_ndarray, make_tensor_proto
+from contract.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ProtocolError,
+    ResourceExhausted,
+    ServingError,
+    code_for_http,
+    error_for,
+)
+from contract.proto import digits_tfserving_pb2 as pb
 
 RNG = np.random.default_rng(0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,18 +202,20 @@ def test_grpc_answer_and_metadata_any() -> None:
 
 
 def test_error_family() -> None:
-    assert grpc_code_for_http(400) == "INVALID_ARGUMENT"
-    assert grpc_code_for_http(404) == "NOT_FOUND"
-    assert grpc_code_for_http(429) == "RESOURCE_EXHAUSTED"
-    assert grpc_code_for_http(503) == "UNAVAILABLE"
-    assert grpc_code_for_http(413) == "INVALID_ARGUMENT"
-    error = server_error("NOT_FOUND", "no version 9", protocol="REST")
+    assert code_for_http(400) == "INVALID_ARGUMENT"
+    assert code_for_http(404) == "NOT_FOUND"
+    assert code_for_http(429) == "RESOURCE_EXHAUSTED"
+    assert code_for_http(503) == "UNAVAILABLE"
+    assert code_for_http(413) == "INVALID_ARGUMENT"
+    error = error_for("NOT_FOUND", "no version 9", protocol="REST")
     assert isinstance(error, NotFound) and error.http_status == 404 and not error.unreachable
     assert "no version 9" in str(error) and "NOT_FOUND" in str(error)
-    assert isinstance(server_error("RESOURCE_EXHAUSTED", "busy"), ResourceExhausted)
-    assert isinstance(server_error("OUT_OF_RANGE", "x"), InvalidArgument)
-    assert type(server_error("INTERNAL", "boom")) is ServerError
-    assert server_error("DEADLINE_EXCEEDED", "slow").unreachable
+    assert isinstance(error_for("RESOURCE_EXHAUSTED", "busy"), ResourceExhausted)
+    assert isinstance(error_for("OUT_OF_RANGE", "x"), InvalidArgument)
+    assert type(error_for("INTERNAL", "boom")) is Internal
+    assert type(error_for("UNIMPLEMENTED", "no")) is ServingError
+    assert error_for("UNIMPLEMENTED", "no").http_status == 501
+    assert error_for("DEADLINE_EXCEEDED", "slow").unreachable
 
 
 def _imports_in_fresh_python(code: str) -> None:
@@ -226,7 +229,7 @@ def test_client_never_imports_tensorflow() -> None:
     _imports_in_fresh_python(
         "import sys\n"
         "import client.cli, client.api, client.rest_client, client.grpc_client, client.images\n"
-        "import client.bench, client.locust_stats, client.mnist_idx\n"
+        "import client.bench, client.locust_stats, contract.mnist\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tensorflow', 'keras', 'onnxruntime', 'training', 'serving', 'locust', 'gevent'))\n"
         "assert not bad, bad\n"

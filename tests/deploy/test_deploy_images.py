@@ -36,7 +36,7 @@ from deploy_support import (
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from client import contract
+import contract
 from serving.settings import load_settings
 
 HEAVY = {"tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "tensorboard", "jax", "torch"}

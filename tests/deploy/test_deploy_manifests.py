@@ -23,7 +23,7 @@ from deploy_support import (
     workloads,
 )
 
-from client import contract
+import contract
 from serving.settings import load_settings
 from training.__main__ import build_parser
 from training.config import grid, run_config

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from client.contract import MODEL_NAME, READINESS_PATH, model_versions, version_path
+from contract import MODEL_NAME, READINESS_PATH, model_versions, version_path
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0  # two cores, a training grid in the background: generous but bounded

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import contract
+import contract
 from client.api import ModelSpec
 from client.cli import EXIT_INPUT, EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE
-from client.errors import InvalidArgument, NotFound, Unavailable
 from client.grpc_client import GrpcClient
 from client.rest_client import COLUMNAR_FORMAT, RestClient
+from contract.errors import InvalidArgument, NotFound, Unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "client" / "samples"

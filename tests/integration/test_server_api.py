@@ -16,8 +16,7 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client.codecs import make_ndarray, make_tensor_proto
-from client.contract import (
+from contract import (
     GET_MODEL_STATUS_RPC,
     INPUT_NAME,
     INPUT_SHAPE,
@@ -34,7 +33,8 @@ from client.contract import (
     model_versions,
     version_path,
 )
-from client.proto import digits_tfserving_pb2 as pb
+from contract.codecs import make_ndarray, make_tensor_proto
+from contract.proto import digits_tfserving_pb2 as pb
 
 
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict | str]:

@@ -19,8 +19,7 @@ from urllib.parse import urlparse
 import grpc
 import numpy as np
 
-from client.codecs import make_tensor_proto
-from client.contract import (
+from contract import (
     GET_MODEL_STATUS_RPC,
     INPUT_NAME,
     INPUT_SHAPE,
@@ -31,7 +30,8 @@ from client.contract import (
     model_versions,
     version_path,
 )
-from client.proto import digits_tfserving_pb2 as pb
+from contract.codecs import make_tensor_proto
+from contract.proto import digits_tfserving_pb2 as pb
 from tests.integration.conftest import copy_repository
 
 BODY = json.dumps({"instances": np.random.default_rng(3).random((1, *INPUT_SHAPE)).tolist()}).encode()

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from client.contract import (
+from contract import (
     INPUT_NAME,
     MODEL_NAME,
     NUM_CLASSES,

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.contract import INPUT_SHAPE, OUTPUT_PROBABILITIES
+from contract import INPUT_SHAPE, OUTPUT_PROBABILITIES
+from contract.errors import DeadlineExceeded, ResourceExhausted
 from serving.batching import Batcher
-from serving.errors import DeadlineExceeded, ResourceExhausted
 from serving.runtime import LoadedModel
 
 

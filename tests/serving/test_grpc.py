@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.codecs import make_ndarray, make_tensor_proto
-from client.contract import (
+from contract import (
     GET_MODEL_METADATA_RPC,
     GET_MODEL_STATUS_RPC,
     INPUT_NAME,
@@ -23,7 +22,8 @@ from client.contract import (
     PREDICT_RPC,
     SIGNATURE_DEF_MAP_TYPE_URL,
 )
-from client.proto import digits_tfserving_pb2 as pb
+from contract.codecs import make_ndarray, make_tensor_proto
+from contract.proto import digits_tfserving_pb2 as pb
 from serving.dataplane import DataPlane
 from serving.grpc_server import build_server, set_health
 from serving.repository import ModelRepository

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.contract import INPUT_SHAPE, PIXELS
+from contract import INPUT_SHAPE, PIXELS
 from serving.json_tensor import parse_predict_body
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.contract import INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES
-from serving.errors import NotFound, Unavailable
+from contract import INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES
+from contract.errors import NotFound, Unavailable
 from serving.repository import AVAILABLE, END, ModelRepository
 from tests.serving.conftest import write_model
 

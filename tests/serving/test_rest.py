@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from client.contract import (
+from contract import (
     INPUT_NAME,
     INPUT_SHAPE,
     LIVENESS_PATH,

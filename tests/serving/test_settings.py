@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.contract import GRPC_PORT, MODEL_NAME, REST_PORT
+from contract import GRPC_PORT, MODEL_NAME, REST_PORT
 from serving.settings import Settings, load_settings
 
 

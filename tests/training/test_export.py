@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from client import contract
+import contract
 from training import export, records
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client import contract
+import contract
 from training import config, models
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from client.proto import digits_tfserving_pb2 as pb
+from contract.errors import InvalidArgument
+from contract.proto import digits_tfserving_pb2 as pb
 
 _NUMPY_BY_DTYPE: dict[int, np.dtype] = {
     pb.DT_FLOAT: np.dtype(np.float32),
@@ -39,8 +40,8 @@ _TYPED_FIELD: dict[int, str] = {
 }
 
 
-class TensorCodecError(ValueError):
-    """A tensor that cannot be decoded; the message says why (a client's mistake)."""
+class TensorCodecError(InvalidArgument):
+    """A tensor that cannot be decoded; the message says why (the sender's mistake)."""
 
 
 def dtype_name(dtype: int) -> str:

@@ -1,11 +1,17 @@
-"""The one source of truth for the digits serving contract.
+"""digits' foundation: the wire contract that training, serving, the client and the load tests share.
 
-Model name, signature, tensor names/shapes/dtypes, ports, HTTP paths, gRPC method paths and the
-model-repository layout are defined here once. Training, serving, the client, the Locust users,
-the manifests' tests and the benchmarks import these names; nobody else writes ``28`` or ``8501``.
+This top-level module is the model contract: model name, signature, tensor names/shapes/dtypes,
+ports, HTTP paths, gRPC method paths and the model-repository layout, defined here once. Nobody
+else writes ``28`` or ``8501``. The submodules hold the rest of the foundation:
 
-This module imports nothing beyond the standard library so that every component, including the
-TensorFlow-free serving image, can import it cheaply.
+- :mod:`contract.errors`  the one error family (gRPC code -> HTTP status), both sides of the wire
+- :mod:`contract.types`   protocol-neutral results: version status, model metadata
+- :mod:`contract.codecs`  numpy arrays <-> TensorProto
+- :mod:`contract.proto`   our ``.proto`` files and their generated modules
+- :mod:`contract.mnist`   the MNIST IDX reader and the official checksums
+
+The package imports none of training, serving or client (import-linter checks it) and depends
+on numpy and protobuf only; this module itself on the standard library only.
 """
 
 from __future__ import annotations
@@ -84,27 +90,3 @@ def version_path(base_path: str | os.PathLike[str], version: int) -> Path:
 # --- Data --------------------------------------------------------------------------------------
 MNIST_DIR_ENV = "MNIST_DIR"
 DEFAULT_MNIST_DIR = Path("data") / "mnist"
-
-# --- Errors: one family keyed by the gRPC status code; HTTP derived by TF Serving's table --------
-# gRPC status code name -> HTTP status, as TF Serving maps them (anything else -> 500).
-GRPC_CODE_TO_HTTP = {
-    "OK": 200,
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "OUT_OF_RANGE": 400,
-    "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403,
-    "UNAUTHENTICATED": 401,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNIMPLEMENTED": 501,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-    "CANCELLED": 499,
-}
-HTTP_INTERNAL_ERROR = 500
-
-
-def http_status_for(grpc_code_name: str) -> int:
-    """HTTP status for a gRPC status code name (e.g. ``"INVALID_ARGUMENT"`` -> 400)."""
-    return GRPC_CODE_TO_HTTP.get(grpc_code_name, HTTP_INTERNAL_ERROR)

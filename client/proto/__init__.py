@@ -1,1 +1,0 @@
-"""Generated protobuf code for protos/ (python scripts/gen_protos.py). Do not edit."""
