@@ -60,8 +60,8 @@ def trained_run(mnist, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_base_path(trained_run: Path, mnist, tmp_path_factory) -> Path:
-    from training import export
+    from training import config, export
 
     base = tmp_path_factory.mktemp("models") / contract.MODEL_NAME
-    export.export_from_grid(trained_run, base, mnist)
+    export.export_from_grid(config.load_grid("lab"), trained_run.parent, base, mnist)
     return base

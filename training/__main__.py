@@ -4,12 +4,16 @@ Usage examples::
 
     python -m training list --grid lab                    # the runs of a grid, by index
     python -m training grid --grid lab                    # the full lab grid, all cores
-    python -m training grid --grid quick                  # one epoch per run (demo, CI)
+    python -m training grid --grid quick                  # the demo grid (about two minutes)
+    python -m training grid --grid my-grid.toml           # your own grid file
     python -m training run --grid lab --index 12          # one run (a pod of the Indexed Job)
     python -m training report --grid lab                  # results.{json,csv,md} + figures
     python -m training export --grid lab --model-base-path models/lenet5   # best by validation
-    python -m training export --grid lab --run lenet5-recipe              # a named run
+    python -m training export --grid lab --run lenet5-recipe-nodropout     # a named run
     tensorboard --logdir runs/lab
+
+--grid takes a shipped grid's name (lab, quick, experiments: training/grids/*.toml) or the path
+of a grid file (format: training/grids/README.md); a grid's runs live in RUNS_DIR/<its name>.
 
 Every command reads MNIST from --data-dir (default $MNIST_DIR, else data/mnist; downloaded there
 if missing and the machine is online).
@@ -30,7 +34,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contract  # noqa: E402
-from training.config import GRIDS, grid  # noqa: E402
+from training.config import GridError, load_grid, shipped_grids  # noqa: E402
 
 log = logging.getLogger("training")
 
@@ -82,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m training", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--grid", default="lab", choices=sorted(GRIDS),
-                        help="which grid (default: lab, the full budgets)")
+    common.add_argument("--grid", default="lab",
+                        help=f"a shipped grid ({', '.join(shipped_grids())}) or a grid file's "
+                             "path (default: lab, the product grid)")
     common.add_argument("--runs-dir", type=Path, default=Path("runs"),
                         help="root of the run directories; a grid lives in RUNS_DIR/GRID "
                              "(default: runs)")
@@ -136,23 +141,37 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    grid_dir = args.runs_dir / args.grid
+    try:
+        grid = load_grid(args.grid)
+    except GridError as exc:
+        log.error("%s", exc)
+        return 2
+    grid_dir = args.runs_dir / grid.name
+    names = [run.name for run in grid.runs]
 
     if args.command == "list":
-        for index, config in enumerate(grid(args.grid)):
-            print(f"{index:3d}  {config.name:40s} epochs={config.epochs}")
+        if grid.description:
+            print(grid.description, end="\n\n")
+        for index, config in enumerate(grid.runs):
+            limit = f" train_limit={config.train_limit}" if config.train_limit else ""
+            print(f"{index:3d}  {config.name:52s} {config.model:15s} epochs={config.epochs}{limit}")
         return 0
 
     if args.command == "grid":
         from training import grid as grid_runner
 
-        statuses = grid_runner.run_grid(args.grid, args.runs_dir, jobs=args.jobs,
-                                        indexes=_parse_indexes(args.indexes),
-                                        data_dir=args.data_dir, overrides=_override_flags(args))
+        try:
+            statuses = grid_runner.run_grid(grid, args.runs_dir, jobs=args.jobs,
+                                            indexes=_parse_indexes(args.indexes),
+                                            data_dir=args.data_dir,
+                                            overrides=_override_flags(args))
+        except IndexError as exc:
+            log.error("%s", exc)
+            return 2
         if not args.no_report:
             from training import report
 
-            report.write_report(grid_dir)
+            report.write_report(grid_dir, names)
         failed = sorted(i for i, s in statuses.items() if s == "failed")
         if failed:
             log.error("runs failed: %s (see their logs; rerun the same command to retry)", failed)
@@ -161,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         from training import report
 
-        report.write_report(grid_dir)
+        report.write_report(grid_dir, names)
         return 0
 
     from training import data
@@ -182,10 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             tf.config.threading.set_intra_op_parallelism_threads(args.threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)
         from training import train
-        from training.config import run_config
 
         try:
-            config = run_config(args.grid, args.index)
+            config = grid.run(args.index)
             if args.epochs is not None:
                 config = config.with_epochs(args.epochs)
             config = config.with_overrides(**_overrides(args, args.index))
@@ -194,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
         result = train.run(config, mnist, grid_dir / config.name, index=args.index,
-                           grid=args.grid, progress_bar=bar)
+                           grid=grid.name, progress_bar=bar)
         return 0 if result["status"] in ("completed", "diverged") else 1
 
     from training import export
 
-    version = export.export_from_grid(grid_dir, args.model_base_path, mnist, run=args.run)
+    try:
+        version = export.export_from_grid(grid, args.runs_dir, args.model_base_path, mnist,
+                                          run=args.run)
+    except export.ExportError as exc:
+        log.error("%s", exc)
+        return 1
     print(f"exported version {version} to {args.model_base_path / str(version)}")
     return 0
 

@@ -1,43 +1,27 @@
-"""The lab grid, declared: every run is a frozen :class:`RunConfig`, numbered once and for all.
+"""Run settings and grids: a grid is a TOML file of runs, numbered once and for all.
 
-Run N means the same thing on every machine (a Kubernetes Indexed Job gives pod N run N), so the
-list below is only ever appended to. Two grids share the runs: ``lab`` (the full budgets) and
-``quick`` (one epoch each, for demos and CI).
+A :class:`RunConfig` is one run: architecture and training knobs, all a run needs to be
+reproduced. A grid file declares runs (see training/grids/README.md for the format): single runs,
+runs ``like`` an earlier one with some settings changed, and ``product`` tables (the cartesian
+product of some settings' values, last key fastest). Run N of a file means the same run on every
+machine (a Kubernetes Indexed Job gives pod N run N), so shipped grids only ever grow at the end.
 
-Run order in both grids:
-  0       softmax regression (the lab's Section 1: SGD 0.01, batch 128)
-  1-16    LeNet-5 grid: optimizer {sgd, adam} x learning rate {0.001, 0.0001}
-          x activation {sigmoid, relu} x batch size {50, 128}
-  17-19   the lab's other LeNet-5 runs: sigmoid SGD 0.1, relu SGD 0.1, relu Adam 0.1 (diverges)
-  20      dropout (keep 0.75) on the lab's best config, relu/adam/0.001/128
-  21      faithful LeNet-5 (same 61,706 parameters), trained with our recipe: random shifts and
-          rotations, cosine learning-rate decay, dropout
-  22      optimized LeNet-5-sized model (<= 100k parameters): batch norm, wider convolutions,
-          the same recipe
-  23      run 21 without dropout (21 underfit: distortions + dropout over-regularize LeNet-5)
-  24      run 22 without dropout, 40 epochs
-  25-26   run 22 with seeds 2 and 3
-  27-28   run 22 with elastic distortions, alpha 34 (Simard's) and 17
-  29-30   run 22's recipe on lenet5_bn_wide (convolutions 24/48, FC 52/48: 95,474 parameters),
-          seeds 1 and 2
-  31-32   elastic alpha 17, longer: lenet5_bn for 70 epochs, lenet5_bn_wide for 45
-  33-34   runs 31-32 with seed 2
-  35-38   run 31's recipe, 50 epochs, batch norm statistics recomputed on clean images; seeds 3-6
-  39-40   the same for 70 epochs (run 31 with clean statistics), seeds 3 and 4
-  41-42   runs 35-36 with their last 10 epochs on clean (undistorted) training images
-  43-44   runs 32 and 34 (lenet5_bn_wide) likewise, with clean batch norm statistics
-  45-46   runs 41-42 with seeds 5 and 6 (runs 37-38 with the clean ending)
-  47-48   runs 41-42 with a 20-epoch clean ending
-  49-50   runs 41-42 with seeds 7 and 8
-  51-52   runs 43-44 with seeds 3 and 4
-  53-54   runs 41-42 with elastic alpha 25
+``--grid NAME`` picks a shipped grid (training/grids/NAME.toml: ``lab``, the product grid;
+``quick``, the demo; ``experiments``, the research log); ``--grid path/to/file.toml`` a user's.
+Every mistake in a file (unknown key, wrong type, invalid value, duplicate name) is a
+:class:`GridError` naming the file, the run and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import tomllib
+import types
+import typing
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 MODELS = ("softmax", "lenet5", "lenet5_bn", "lenet5_bn_wide")
@@ -99,10 +83,7 @@ class RunConfig:
         for key, value in overrides.items():
             if key not in fields:
                 raise KeyError(f"unknown run setting {key!r}; known: {', '.join(fields)}")
-            current = getattr(self, key)
-            if current is not None and value is not None and not isinstance(value, type(current)):
-                if not (isinstance(current, float) and isinstance(value, int)):
-                    raise TypeError(f"{key} must be {type(current).__name__}, got {value!r}")
+            overrides[key] = _checked_type(key, value, _FIELD_TYPES[key])
         return dataclasses.replace(self, **overrides)
 
     def with_epochs(self, epochs: int) -> RunConfig:
@@ -119,123 +100,179 @@ class RunConfig:
         return cls(**data)
 
 
-def _lab_runs() -> list[RunConfig]:
-    runs = [RunConfig("softmax-sgd-0.01-b128", "softmax", model="softmax", optimizer="sgd",
-                      learning_rate=0.01, batch_size=128)]
-    for optimizer, lr, activation, batch in itertools.product(
-        OPTIMIZERS, (0.001, 0.0001), ACTIVATIONS, (50, 128)
-    ):
-        runs.append(RunConfig(f"lenet5-{optimizer}-{lr}-{activation}-b{batch}", "grid",
-                              optimizer=optimizer, learning_rate=lr, activation=activation,
-                              batch_size=batch))
-    for optimizer, activation in (("sgd", "sigmoid"), ("sgd", "relu"), ("adam", "relu")):
-        runs.append(RunConfig(f"lenet5-{optimizer}-0.1-{activation}-b128", "lab",
-                              optimizer=optimizer, learning_rate=0.1, activation=activation))
-    runs.append(RunConfig("lenet5-adam-0.001-relu-b128-dropout", "dropout", dropout=0.25))
-    recipe = dict(optimizer="adam", learning_rate=0.002, activation="relu", batch_size=128,
-                  augment=True, schedule="cosine", epochs=30)
-    runs.append(RunConfig("lenet5-recipe", "recipe", dropout=0.25, **recipe))
-    runs.append(RunConfig("lenet5bn-recipe", "optimized", model="lenet5_bn", dropout=0.25,
-                          **recipe))
-    # Run 21 underfit (training accuracy 99.41%): distortions and dropout together are too much
-    # regularization for 61,706 parameters. The same recipe without dropout:
-    runs.append(RunConfig("lenet5-recipe-nodropout", "recipe", **recipe))
-    # Run 22 likewise keeps training accuracy below validation accuracy; batch norm with
-    # distortions needs no dropout, and ten more epochs of the cosine schedule:
-    runs.append(RunConfig("lenet5bn-recipe-nodropout", "optimized", model="lenet5_bn",
-                          **{**recipe, "epochs": 40}))
-    # Run 22 again with other seeds: how much of its figure is the seed (about +-0.1 point).
-    for seed in (2, 3):
-        runs.append(RunConfig(f"lenet5bn-recipe-seed{seed}", "optimized", model="lenet5_bn",
-                              dropout=0.25, seed=seed, **recipe))
-    # Runs 22, 25, 26 reach 99.4-99.5%. Simard et al. (2003) credit elastic distortions with the
-    # step from 99.4% (affine only) to 99.6%: run 22 with them, at Simard's strength (alpha 34,
-    # sigma 4) and at half of it. Affine and elastic are composed and resampled once.
-    for alpha, suffix in ((34.0, ""), (17.0, "17")):
-        runs.append(RunConfig(f"lenet5bn-recipe-elastic{suffix}", "optimized",
-                              model="lenet5_bn", dropout=0.25, elastic_alpha=alpha,
-                              elastic_sigma=4.0, **recipe))
-    # Neither beat affine distortions alone at 30 epochs (training accuracy on the distorted
-    # images stayed lower: the model underfits them). More capacity where it counts, the
-    # convolutions: run 22's recipe on the wide variant, two seeds.
-    for seed in (1, 2):
-        runs.append(RunConfig(f"lenet5bn-wide-recipe-seed{seed}", "optimized",
-                              model="lenet5_bn_wide", dropout=0.25, seed=seed, **recipe))
-    # Width alone moved validation accuracy little at 30 epochs. Distortions pay off with longer
-    # training (Simard et al. trained for many more epochs): elastic alpha 17 for 70 epochs on
-    # lenet5_bn, and for 45 epochs on lenet5_bn_wide (about the same wall time).
-    # Runs 33-34: runs 31-32 (the best by test and by validation) with seed 2.
-    elastic17 = dict(elastic_alpha=17.0, elastic_sigma=4.0)
-    for seed, suffix in ((1, ""), (2, "-seed2")):
-        for model, name, epochs in (("lenet5_bn", "lenet5bn", 70),
-                                    ("lenet5_bn_wide", "lenet5bn-wide", 45)):
-            runs.append(RunConfig(f"{name}-recipe-elastic17-long{suffix}", "optimized",
-                                  model=model, dropout=0.25, seed=seed,
-                                  **{**recipe, "epochs": epochs}, **elastic17))
-    # With distortions, batch norm's running statistics come from distorted batches while the
-    # model is evaluated and served on clean images. Recomputed on the clean training images,
-    # the saved models of runs 28 and 31-34 gained 0.03-0.15 points of test accuracy
-    # (scripts/bn_statistics.py). Run 31's recipe with clean statistics: runs 35-38 for 50
-    # epochs, four new seeds; then, as 35-36 gained +0.04 and +0.10 and the 70-epoch runs 31
-    # and 33 did best once recomputed, runs 39-40 for 70 epochs, seeds 3 and 4.
-    for epochs, long, seeds in ((50, "", (3, 4, 5, 6)), (70, "-long", (3, 4))):
-        for seed in seeds:
-            runs.append(RunConfig(f"lenet5bn-recipe-elastic17{long}-cleanbn-seed{seed}",
-                                  "optimized", model="lenet5_bn", dropout=0.25, seed=seed,
-                                  clean_bn_statistics=True, **{**recipe, "epochs": epochs},
-                                  **elastic17))
-    # Clean statistics fixed batch norm's share of the train/serve skew; the weights still
-    # learnt only distorted digits. Earlier runs again (same seeds, so the same distorted
-    # epochs) with clean statistics and their last 10 epochs on the clean training images:
-    # runs 41-42 extend runs 35-36; 43-44 extend the lenet5_bn_wide runs 32 and 34 (seeds 1,
-    # 2); 45-46 extend runs 37-38.
-    clean_ending = dict(dropout=0.25, clean_bn_statistics=True, clean_epochs=10, **elastic17)
-    narrow = ("lenet5_bn", "lenet5bn-recipe-elastic17", 50)
-    wide = ("lenet5_bn_wide", "lenet5bn-wide-recipe-elastic17-long", 45)
-    for (model, name, epochs), seed in ((narrow, 3), (narrow, 4), (wide, 1), (wide, 2),
-                                        (narrow, 5), (narrow, 6)):
-        suffix = "" if model == "lenet5_bn_wide" and seed == 1 else f"-seed{seed}"
-        runs.append(RunConfig(f"{name}-cleanbn-clean10{suffix}", "optimized", model=model,
-                              seed=seed, **{**recipe, "epochs": epochs}, **clean_ending))
-    # The clean ending's length: runs 41-42 with their last 20 epochs clean (the first 30 the
-    # same as runs 35-36 and 41-42).
-    for seed in (3, 4):
-        runs.append(RunConfig(f"lenet5bn-recipe-elastic17-cleanbn-clean20-seed{seed}",
-                              "optimized", model="lenet5_bn", seed=seed,
-                              **{**recipe, "epochs": 50}, **{**clean_ending, "clean_epochs": 20}))
-    # More seeds of the clean ending: runs 41-42 with seeds 7 and 8, runs 43-44 (lenet5_bn_wide)
-    # with seeds 3 and 4. Then the elastic strength between Simard's alpha 34 (underfit at 30
-    # epochs, run 27) and our 17: runs 41-42 with alpha 25.
-    for name, model, epochs, alpha, seed in (
-        ("lenet5bn-recipe-elastic17", "lenet5_bn", 50, 17.0, 7),
-        ("lenet5bn-recipe-elastic17", "lenet5_bn", 50, 17.0, 8),
-        ("lenet5bn-wide-recipe-elastic17-long", "lenet5_bn_wide", 45, 17.0, 3),
-        ("lenet5bn-wide-recipe-elastic17-long", "lenet5_bn_wide", 45, 17.0, 4),
-        ("lenet5bn-recipe-elastic25", "lenet5_bn", 50, 25.0, 3),
-        ("lenet5bn-recipe-elastic25", "lenet5_bn", 50, 25.0, 4),
-    ):
-        runs.append(RunConfig(f"{name}-cleanbn-clean10-seed{seed}", "optimized", model=model,
-                              seed=seed, **{**recipe, "epochs": epochs},
-                              **{**clean_ending, "elastic_alpha": alpha}))
-    return runs
+def _field_types() -> dict[str, tuple[type, ...]]:
+    """Each RunConfig field's accepted value types (``int | None`` -> (int, NoneType))."""
+    hints = typing.get_type_hints(RunConfig)
+    out = {}
+    for name, hint in hints.items():
+        out[name] = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return out
 
 
-LAB = tuple(_lab_runs())
-GRIDS = {
-    "lab": LAB,
-    "quick": tuple(run.with_epochs(1) for run in LAB),
-}
+_FIELD_TYPES = _field_types()
 
 
-def grid(name: str) -> tuple[RunConfig, ...]:
+def _checked_type(key: str, value: Any, allowed: tuple[type, ...]) -> Any:
+    """``value`` if it has one of the ``allowed`` types (an int where a float goes becomes a
+    float; a bool is never taken for a number); TypeError otherwise."""
+    if value is None:
+        if type(None) in allowed:
+            return value
+    elif isinstance(value, bool):  # before int: True is an int to isinstance
+        if bool in allowed:
+            return value
+    elif isinstance(value, allowed):
+        return value
+    elif float in allowed and isinstance(value, int):
+        return float(value)
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise TypeError(f"{key} must be {names}, got {value!r}")
+
+
+# --- Grid files ---------------------------------------------------------------------------------
+SHIPPED = resources.files("training") / "grids"
+_FILE_KEYS = {"description", "defaults", "runs"}
+_RUN_KEYS = {"like", "product"}  # besides the RunConfig fields
+
+
+class GridError(ValueError):
+    """A grid that cannot be read; the message names the file, the run and the key."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid file's runs, in index order.
+
+    ``name`` names its directory under --runs-dir (the file's stem); ``spec`` is what --grid
+    takes to find it again (``lab``, or the file's path); ``source`` the file, for messages.
+    """
+
+    name: str
+    spec: str
+    source: str
+    description: str
+    runs: tuple[RunConfig, ...]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def run(self, index: int) -> RunConfig:
+        if not 0 <= index < len(self.runs):
+            raise IndexError(f"grid {self.name!r} has runs 0..{len(self.runs) - 1}, not {index}")
+        return self.runs[index]
+
+
+def shipped_grids() -> list[str]:
+    """Names of the grids that ship with the package (training/grids/*.toml)."""
+    return sorted(p.name[:-5] for p in SHIPPED.iterdir() if p.name.endswith(".toml"))
+
+
+def _expand(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """One [[runs]] entry -> the settings of each run it declares (a product gives several)."""
+    product = entry.pop("product", None)
+    if product is None:
+        return [entry]
+    if not isinstance(product, dict) or not product:
+        raise GridError(f"{where}: 'product' must be a table of setting = [values]")
+    for key, values in product.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{where}: product key {key!r} must be a non-empty list of values")
+        if key in entry:
+            raise GridError(f"{where}: {key!r} is set both in the run and in its product")
+    name = entry.get("name", "")
+    if not any("{" + key + "}" in name for key in product):
+        raise GridError(f"{where}: a product's name must contain {{key}} placeholders "
+                        f"(e.g. {{{next(iter(product))}}}) so every run gets its own name")
+    out = []
+    for combination in itertools.product(*product.values()):
+        values = dict(zip(product, combination, strict=True))
+        out.append({**entry, **values, "name": name.format(**values)})
+    return out
+
+
+def parse_grid(text: str, source: str, grid_name: str, spec: str | None = None) -> Grid:
+    """Parse a grid file's text; ``source`` names it in errors (see :class:`Grid`)."""
     try:
-        return GRIDS[name]
-    except KeyError:
-        raise KeyError(f"unknown grid {name!r}; known: {', '.join(GRIDS)}") from None
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise GridError(f"{source}: not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - _FILE_KEYS)
+    if unknown:
+        raise GridError(f"{source}: unknown top-level key(s) {unknown}; "
+                        f"a grid file has {sorted(_FILE_KEYS)}")
+    defaults = document.get("defaults", {})
+    entries = document.get("runs", [])
+    if not isinstance(defaults, dict):
+        raise GridError(f"{source}: [defaults] must be a table of run settings")
+    if not isinstance(entries, list) or not entries:
+        raise GridError(f"{source}: no runs: declare them as [[runs]] tables")
+    fields = set(_FIELD_TYPES)
+    bad = sorted(set(defaults) - (fields - {"name"}))
+    if bad:
+        raise GridError(f"{source}: [defaults]: unknown setting(s) {bad}; known: {sorted(fields)}")
+    runs: list[RunConfig] = []
+    by_name: dict[str, RunConfig] = {}
+    for number, entry in enumerate(entries):
+        label = entry.get("name", "?") if isinstance(entry, dict) else "?"
+        where = f"{source}: [[runs]] #{number + 1} ({label!r})"
+        if not isinstance(entry, dict):
+            raise GridError(f"{where}: must be a table")
+        unknown = sorted(set(entry) - fields - _RUN_KEYS)
+        if unknown:
+            raise GridError(f"{where}: unknown key(s) {unknown}; known: "
+                            f"{sorted(fields | _RUN_KEYS)}")
+        entry = dict(entry)
+        like = entry.pop("like", None)
+        base: dict[str, Any] = dict(defaults)
+        if like is not None:
+            if like not in by_name:
+                raise GridError(f"{where}: like = {like!r} names no earlier run of this file")
+            base = {k: v for k, v in by_name[like].to_dict().items() if k != "name"}
+        for settings in _expand(entry, where):
+            name = settings.get("name")
+            if not isinstance(name, str) or not name:
+                raise GridError(f"{where}: every run needs a name")
+            where_run = f"{source}: run {len(runs)} ({name!r})"
+            if name in by_name:
+                raise GridError(f"{where_run}: duplicate run name (run "
+                                f"{[r.name for r in runs].index(name)} has it)")
+            merged = {**base, **settings}
+            if "group" not in merged:
+                raise GridError(f"{where_run}: missing key 'group' (a label for reports)")
+            try:
+                checked = {k: _checked_type(k, v, _FIELD_TYPES[k]) for k, v in merged.items()}
+                config = RunConfig(**checked)
+            except TypeError as exc:
+                raise GridError(f"{where_run}: {exc}") from None
+            except ValueError as exc:
+                raise GridError(f"{where_run}: {exc}") from None
+            runs.append(config)
+            by_name[name] = config
+    description = str(document.get("description", "")).strip()
+    return Grid(name=grid_name, spec=spec or source, source=source, description=description,
+                runs=tuple(runs))
 
 
-def run_config(grid_name: str, index: int) -> RunConfig:
-    runs = grid(grid_name)
-    if not 0 <= index < len(runs):
-        raise IndexError(f"grid {grid_name!r} has runs 0..{len(runs) - 1}, not {index}")
-    return runs[index]
+def load_grid(spec: str | Path) -> Grid:
+    """A shipped grid by name (``lab``), or a grid file by path (``my-grid.toml``)."""
+    text = str(spec)
+    shipped = SHIPPED / f"{text}.toml"
+    if "/" not in text and not text.endswith(".toml") and shipped.is_file():
+        return parse_grid(shipped.read_text(), f"training/grids/{text}.toml", text, text)
+    path = Path(text)
+    if path.is_file():
+        return parse_grid(path.read_text(), str(path), path.stem, text)
+    raise GridError(f"unknown grid {text!r}: neither a shipped grid ({', '.join(shipped_grids())}) "
+                    "nor a grid file")
+
+
+def grid(spec: str | Path) -> tuple[RunConfig, ...]:
+    """The runs of a grid (see :func:`load_grid`), in index order."""
+    return load_grid(spec).runs
+
+
+def run_config(spec: str | Path, index: int) -> RunConfig:
+    """Run ``index`` of a grid."""
+    return load_grid(spec).run(index)
+
+

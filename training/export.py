@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import tensorflow as tf
 import tf2onnx
 
 import contract
+from training.config import Grid
 from training.data import Mnist
 from training.records import COMPLETED, MODEL_FILE, best, read_results, write_json_atomic
 
@@ -48,12 +50,14 @@ class ExportError(RuntimeError):
     """No run to export, or an export that failed its checks (nothing was published)."""
 
 
-def select_run(grid_dir: Path, run: str | None = None) -> dict[str, Any]:
-    """The result record to export: ``run`` (name or index), else the best by validation accuracy.
+def select_run(grid_dir: Path, run: str | None = None,
+               runs: Sequence[str] | None = None) -> dict[str, Any]:
+    """The result record to export: ``run`` (name or index), else the best by validation accuracy
+    among ``runs`` (the grid's run names; default: every run under ``grid_dir``).
 
     Test accuracy plays no part in the choice (the lab picked by test accuracy: a bug).
     """
-    results = [r for r in read_results(grid_dir)
+    results = [r for r in read_results(grid_dir, runs)
                if r.get("status") == COMPLETED and (grid_dir / r["name"] / MODEL_FILE).exists()]
     if run is not None:
         chosen = [r for r in results if run in (r["name"], str(r.get("index")))]
@@ -175,17 +179,24 @@ def publish(model: keras.Model, model_base_path: Path, parity_images: np.ndarray
     return version
 
 
-def export_from_grid(grid_dir: Path, model_base_path: Path, data: Mnist,
+def export_from_grid(grid: Grid, runs_dir: Path, model_base_path: Path, data: Mnist,
                      run: str | None = None) -> int:
     """Select a run of a grid (best by validation unless named) and publish it."""
-    result = select_run(grid_dir, run)
+    grid_dir = runs_dir / grid.name
+    result = select_run(grid_dir, run, [r.name for r in grid.runs])
     log.info("exporting %s (validation %.4f, selected %s)", result["name"],
              result["validation_accuracy"], "by name" if run else "by validation accuracy")
     model = keras.models.load_model(grid_dir / result["name"] / MODEL_FILE)
     card = {
         "run": result["name"],
-        "grid": result.get("grid"),
+        "grid": grid.source,
+        "index": result["index"],
         "selection": f"named run {run!r}" if run else "highest validation accuracy",
+        # What reproduces this version from scratch (MNIST in $MNIST_DIR or downloaded):
+        "reproduce": [
+            f"python -m training run --grid {grid.spec} --index {result['index']}",
+            f"python -m training export --grid {grid.spec} --run {result['name']}",
+        ],
         "config": result.get("config"),
         "metrics": {k: result.get(k) for k in ("training_accuracy", "validation_accuracy",
                                                "test_accuracy")},

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from training import records
-from training.config import RunConfig, grid
+from training.config import Grid, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,38 +42,40 @@ def run_dir_for(runs_dir: Path, config: RunConfig) -> Path:
     return runs_dir / config.name
 
 
-def _run_child(index: int, grid_name: str, runs_dir: Path, data_dir: str | None,
+def _run_child(index: int, grid_spec: str, runs_dir: Path, data_dir: str | None,
                overrides: list[str]) -> int:
-    cmd = [sys.executable, "-m", "training", "run", "--grid", grid_name, "--index", str(index),
+    cmd = [sys.executable, "-m", "training", "run", "--grid", grid_spec, "--index", str(index),
            "--runs-dir", str(runs_dir), "--threads", "1", *overrides]
     if data_dir:
         cmd += ["--data-dir", data_dir]
     return subprocess.call(cmd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
-def run_grid(grid_name: str, runs_dir: Path, *, jobs: int, indexes: list[int] | None = None,
-             data_dir: str | None = None, overrides: list[str] | None = None,
-             configs: tuple[RunConfig, ...] | None = None) -> dict[int, str]:
-    """Run (or resume) every selected run under ``runs_dir/grid_name``; returns index -> status."""
-    configs = configs or grid(grid_name)
-    grid_dir = runs_dir / grid_name
+def run_grid(grid: Grid, runs_dir: Path, *, jobs: int, indexes: list[int] | None = None,
+             data_dir: str | None = None, overrides: list[str] | None = None) -> dict[int, str]:
+    """Run (or resume) every selected run under ``runs_dir/<grid name>``; returns index -> status."""
+    configs = grid.runs
+    grid_dir = runs_dir / grid.name
     selected = indexes if indexes is not None else list(range(len(configs)))
+    bad = [i for i in selected if not 0 <= i < len(configs)]
+    if bad:
+        raise IndexError(f"grid {grid.name!r} has runs 0..{len(configs) - 1}, not {bad}")
     pending = [i for i in selected if not is_done(run_dir_for(grid_dir, configs[i]))]
     pending.sort(key=lambda i: -cost(configs[i]))  # longest first: the grid ends sooner
     statuses = {i: records.read_result(run_dir_for(grid_dir, configs[i]))["status"]
                 for i in selected if i not in pending}
     log.info("grid %s: %d runs, %d already done, %d to run with %d parallel processes",
-             grid_name, len(selected), len(statuses), len(pending), jobs)
+             grid.name, len(selected), len(statuses), len(pending), jobs)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(_run_child, i, grid_name, runs_dir, data_dir, overrides or []): i
+        futures = {pool.submit(_run_child, i, grid.spec, runs_dir, data_dir, overrides or []): i
                    for i in pending}
         for done, future in enumerate(as_completed(futures), start=1):
             index = futures[future]
             config = configs[index]
             result = records.read_result(run_dir_for(grid_dir, config))
             if future.result() != 0 or result is None:
-                result = {"name": config.name, "index": index, "grid": grid_name,
+                result = {"name": config.name, "index": index, "grid": grid.name,
                           "group": config.group, "status": records.FAILED,
                           "config": config.to_dict(), "exit_code": future.result()}
                 records.write_json_atomic(run_dir_for(grid_dir, config) / records.RESULT_FILE, result)

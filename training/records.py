@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,22 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def read_results(grid_dir: Path) -> list[dict[str, Any]]:
-    """Every result record under a grid directory, whichever machine wrote it, by run index."""
-    results = [json.loads(p.read_text()) for p in sorted(grid_dir.glob(f"*/{RESULT_FILE}"))]
-    return sorted(results, key=lambda r: (r.get("index") is None, r.get("index") or 0))
+def read_results(grid_dir: Path, runs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The result records under a grid directory, whichever machine wrote them, by run index.
+
+    With ``runs`` (the grid's run names in index order): the records of those runs only, in that
+    order, each with ``index`` set to its place in the grid; directories of runs the grid no
+    longer declares are left out.
+    """
+    if runs is None:
+        results = [json.loads(p.read_text()) for p in sorted(grid_dir.glob(f"*/{RESULT_FILE}"))]
+        return sorted(results, key=lambda r: (r.get("index") is None, r.get("index") or 0))
+    out = []
+    for index, name in enumerate(runs):
+        result = read_result(grid_dir / name)
+        if result is not None:
+            out.append({**result, "index": index})
+    return out
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +132,9 @@ def _curves_figure(grid_dir: Path, runs: list[dict[str, Any]], path: Path) -> No
     plt.close(fig)
 
 
-def write_report(grid_dir: Path) -> dict[str, Any]:
+def write_report(grid_dir: Path, runs: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the tables and figures into ``grid_dir``; returns a summary of the selection."""
-    results = read_results(grid_dir)
+    results = read_results(grid_dir, runs)
     if not results:
         raise FileNotFoundError(f"no result.json under {grid_dir}")
     write_json_atomic(grid_dir / "results.json", results)

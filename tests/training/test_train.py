@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from training import records, report
-from training.config import run_config
+from training.config import load_grid, run_config
 from training.grid import run_grid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,14 +83,14 @@ def test_a_killed_run_resumes_from_its_last_epoch(mnist_dir, tmp_path):
 
 def test_a_diverged_run_is_recorded_and_the_grid_goes_on(mnist_dir, tmp_path):
     # Run 19 (relu, Adam 0.1) pushed to a learning rate no float32 survives; run 0 trains.
-    statuses = run_grid("lab", tmp_path, jobs=2, indexes=[19, 0], data_dir=str(mnist_dir),
+    statuses = run_grid(load_grid("lab"), tmp_path, jobs=2, indexes=[19, 0], data_dir=str(mnist_dir),
                         overrides=["--epochs", "1", "--train-limit", "2000",
                                    "--set", "19:learning_rate=1e30"])
     assert statuses == {19: records.DIVERGED, 0: records.COMPLETED}
     diverged = records.read_result(tmp_path / "lab" / run_config("lab", 19).name)
     assert diverged["test_accuracy"] is None and diverged["config"]["learning_rate"] == 1e30
     # Finished runs are not run again; the report covers both.
-    assert run_grid("lab", tmp_path, jobs=2, indexes=[19, 0]) == statuses
+    assert run_grid(load_grid("lab"), tmp_path, jobs=2, indexes=[19, 0]) == statuses
     summary = report.write_report(tmp_path / "lab")
     assert summary["statuses"] == {"completed": 1, "diverged": 1}
     for name in ("results.json", "results.csv", "results.md", "accuracy_grid.png",
@@ -121,7 +121,7 @@ def test_clean_bn_statistics_run_records_both_and_saves_the_clean_model(mnist_di
     from training import data, train
 
     mnist = data.load(mnist_dir)
-    config = run_config("lab", 35).with_overrides(epochs=1, train_limit=2000)
+    config = run_config("lab", 22).with_overrides(epochs=1, clean_epochs=0, train_limit=2000)
     assert config.clean_bn_statistics and config.elastic_alpha
     result = train.run(config, mnist, tmp_path)
     assert result["status"] == records.COMPLETED
@@ -144,7 +144,7 @@ def test_clean_phase_trains_last_epochs_on_clean_images_and_resumes_past_it(mnis
     from training import data, train
 
     mnist = data.load(mnist_dir)
-    config = run_config("lab", 41).with_overrides(epochs=3, clean_epochs=1, train_limit=1280)
+    config = run_config("lab", 22).with_overrides(epochs=3, clean_epochs=1, train_limit=1280)
     inputs = []  # what each phase trained on: distorted (a tf.data map) or the clean arrays
     real_inputs = train.training_inputs
     monkeypatch.setattr(train, "training_inputs", lambda *a, **kw: inputs.append(kw) or
