@@ -1,7 +1,9 @@
 # digits: two entry points on a fresh machine, each doing all of its own set-up.
-#   make demo   the main job: quick lab grid -> selection -> export into models/lenet5/ ->
-#               serve it, classify sample pictures over REST and gRPC, a short load test
+#   make demo   the main job: quick grid -> selection -> export into models/lenet5/ -> serve it,
+#               classify sample pictures over REST and gRPC, a short load test, a summary
 #   make test   the test suite
+# and, once set up:
+#   make serve  serve the shipped model (pretrained/lenet5) on TF Serving's ports
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +15,9 @@ export MNIST_DIR
 # TensorFlow's start-up chatter (CUDA probing, oneDNN notes) hides the progress we print.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint protos clean
+PRETRAINED ?= pretrained/lenet5
+
+.PHONY: venv demo serve test lint protos clean
 
 # The project itself, editable, with every role's extra (pinned by the lock): console entry points
 # digits-train, digits-serve, digits, digits-loadtest beside `python -m`.
@@ -26,9 +30,10 @@ $(VENV)/.installed: requirements/*.txt pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PYTHON) -m training grid --grid quick --runs-dir $(RUNS_DIR)
-	$(PYTHON) -m training export --grid quick --runs-dir $(RUNS_DIR) --model-base-path $(MODEL_BASE_PATH)
-	PYTHON=$(PYTHON) bash scripts/demo_serve.sh $(MODEL_BASE_PATH)
+	$(PYTHON) scripts/demo.py --runs-dir $(RUNS_DIR) --model-base-path $(MODEL_BASE_PATH)
+
+serve: venv
+	$(BIN)/digits-serve --model_base_path $(PRETRAINED)
 
 test: venv
 	$(BIN)/ruff check .

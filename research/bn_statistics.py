@@ -1,7 +1,7 @@
 """Measure what clean batch norm statistics do to finished runs that trained with distortions.
 
-Usage: python scripts/bn_statistics.py [--grid lab] [--runs-dir runs] [--data-dir DIR]
-                                       [--index N ...] [--out FILE.md]
+Usage: python -m research.bn_statistics [--grid lab] [--runs-dir runs] [--data-dir DIR]
+                                        [--index N ...] [--out FILE.md]
 
 For each finished run whose model has batch norm and trained on distorted images (by default all
 of them; or those named by --index), loads its saved model (runs/GRID/NAME/model.keras) and
@@ -18,14 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", default="lab")
+    parser.add_argument("--grid", default="lab", help="a shipped grid's name or a grid file")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--data-dir", help="MNIST directory (default: $MNIST_DIR or data/mnist)")
     parser.add_argument("--index", type=int, nargs="*", help="runs to measure (default: all "
@@ -36,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from training import data, models, records
-    from training.config import grid
+    from training.config import load_grid
     from training.train import held_out_accuracies
 
-    runs = grid(args.grid)
+    the_grid = load_grid(args.grid)
+    runs = the_grid.runs
     indices = args.index if args.index else [
         i for i, run in enumerate(runs)
         if run.model.startswith("lenet5_bn") and (run.augment or run.elastic_alpha)]
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
              "| validation (clean) | test (clean) | test change |", "|" + "---|" * 9]
     for index in indices:
         run = runs[index]
-        run_dir = args.runs_dir / args.grid / run.name
+        run_dir = args.runs_dir / the_grid.name / run.name
         result = records.read_result(run_dir) or {}
         if "running_bn_statistics" in result:
             # Trained with clean statistics: the record holds both figures (the saved model

@@ -1,8 +1,8 @@
 """Which held-out digits finished runs miss, how much they share, and what their ensemble scores.
 
-Usage: python scripts/error_overlap.py --index N [N ...] [--against N] [--grid lab]
-                                       [--runs-dir runs] [--data-dir DIR] [--out FILE.md]
-                                       [--figure FILE.png]
+Usage: python -m research.error_overlap --index N [N ...] [--against N] [--grid lab]
+                                        [--runs-dir runs] [--data-dir DIR] [--out FILE.md]
+                                        [--figure FILE.png]
 
 Loads the saved models of the runs named by --index (runs/GRID/NAME/model.keras) and reports,
 for the validation and the test images: each run's accuracy and error count; the accuracy of
@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, nargs="+", required=True, help="runs to compare")
     parser.add_argument("--against", type=int, help="a run whose validation errors are "
                         "looked up among the others' (default: the grid's selected run)")
-    parser.add_argument("--grid", default="lab")
+    parser.add_argument("--grid", default="lab", help="a shipped grid's name or a grid file")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--data-dir", help="MNIST directory (default: $MNIST_DIR or data/mnist)")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
@@ -83,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     from training import data, records
-    from training.config import grid
+    from training.config import load_grid
     from training.train import EVAL_BATCH
 
-    runs = grid(args.grid)
-    grid_dir = args.runs_dir / args.grid
+    the_grid = load_grid(args.grid)
+    runs = the_grid.runs
+    grid_dir = args.runs_dir / the_grid.name
     if args.against is None:
-        selected = records.best(records.read_results(grid_dir))
+        selected = records.best(records.read_results(grid_dir, [run.name for run in runs]))
         args.against = selected["index"] if selected else None
     mnist = data.load(args.data_dir)
 

@@ -1,6 +1,6 @@
 """What the training-time distortions do to digits: a PNG of originals and distorted copies.
 
-Usage: python scripts/plot_distortions.py [--data-dir DIR] [--out docs/figures/distortions.png]
+Usage: python -m research.plot_distortions [--data-dir DIR] [--out docs/figures/distortions.png]
 
 Rows: the original training images; the affine distortions (models.augmenter: rotation, shift,
 zoom); elastic distortions (training.distortions, Simard's alpha 34, sigma 4); affine and
@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="MNIST directory (default: $MNIST_DIR or data/mnist)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/figures/distortions.png")
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/distortions.png"),
+                        help="the PNG (default: docs/figures/distortions.png, run from the repository root)")
     parser.add_argument("--count", type=int, default=10, help="digits per row")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -65,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

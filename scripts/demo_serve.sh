@@ -6,12 +6,12 @@
 # Environment: PYTHON (default .venv/bin/python), MNIST_DIR (the benchmark sends MNIST test
 # digits), BENCH_OUT (default reports/bench), BENCH_USERS (default 1,4,16), BENCH_SECONDS
 # (default 8 per protocol and level), BENCH_WORKERS (Locust worker processes, default 1).
-# The server listens on 127.0.0.1 only, on TF Serving's ports (from client/contract.py).
+# The server listens on 127.0.0.1 only, on TF Serving's ports (from the contract package).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-MODEL_BASE_PATH=${1:-$("$PYTHON" -c 'from client import contract; print(contract.DEFAULT_MODEL_BASE_PATH)')}
+MODEL_BASE_PATH=${1:-$("$PYTHON" -c 'import contract; print(contract.DEFAULT_MODEL_BASE_PATH)')}
 BENCH_OUT=${BENCH_OUT:-reports/bench}
 BENCH_USERS=${BENCH_USERS:-1,4,16}
 BENCH_SECONDS=${BENCH_SECONDS:-8}
@@ -19,7 +19,7 @@ BENCH_WORKERS=${BENCH_WORKERS:-1}
 READY_TIMEOUT_S=90
 
 read -r MODEL_NAME GRPC_PORT REST_PORT < <(
-  "$PYTHON" -c 'from client import contract as c; print(c.MODEL_NAME, c.GRPC_PORT, c.REST_PORT)'
+  "$PYTHON" -c 'import contract as c; print(c.MODEL_NAME, c.GRPC_PORT, c.REST_PORT)'
 )
 REST_URL="http://127.0.0.1:${REST_PORT}"
 GRPC_TARGET="127.0.0.1:${GRPC_PORT}"
@@ -65,7 +65,7 @@ echo "-- MNIST test digits 0-9 straight from the IDX files, over gRPC"
 "$PYTHON" -m client predict mnist:t10k:0-9 --grpc "$GRPC_TARGET"
 
 echo "== benchmark: users ${BENCH_USERS}, ${BENCH_SECONDS}s each, REST then gRPC"
-"$PYTHON" -m client bench --rest "$REST_URL" --grpc "$GRPC_TARGET" \
+"$PYTHON" -m loadtest --rest "$REST_URL" --grpc "$GRPC_TARGET" \
   --users "$BENCH_USERS" --duration "$BENCH_SECONDS" --workers "$BENCH_WORKERS" \
   --server-pid "$SERVER_PID" --out "$BENCH_OUT"
 

@@ -13,15 +13,12 @@ CC BY-SA 3.0).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from contract.mnist import load_split  # noqa: E402
+from contract.mnist import load_split
 
 # (digit, MNIST test index, style, output side in px, file type)
 SAMPLES = [

@@ -1,12 +1,21 @@
-"""Reading the deployment files for tests/deploy: manifests, kustomizations and Dockerfiles.
+"""Reading the deployment files for tests/deploy: manifests, kustomizations, Dockerfiles, and the
+build context and wheel the images install.
 
-Plain functions over the files in the repository; no cluster, no Docker engine, no network.
+Plain functions over the files in the repository; no cluster, no Docker engine, no network (the
+wheel is built with the setuptools of this venv, without build isolation).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,8 +25,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-BIN = Path(__import__("sys").executable).parent  # the venv's bin: hadolint, yamllint, ...
-DOCKERFILES = ("Dockerfile.train", "Dockerfile.serve", "Dockerfile.client")
+BIN = Path(sys.executable).parent  # the venv's bin: hadolint, yamllint, ...
+# Image name -> the Dockerfile that builds it, and the extra of the project it installs.
+IMAGES = {"digits-train": "Dockerfile.train", "digits-serve": "Dockerfile.serve",
+          "digits-loadtest": "Dockerfile.loadtest"}
+DOCKERFILES = tuple(IMAGES.values())
+EXTRAS = {"Dockerfile.train": "train", "Dockerfile.serve": "serve", "Dockerfile.loadtest": "loadtest"}
 WORKLOAD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet"}
 
 
@@ -158,51 +171,116 @@ def arg_default(dockerfile: Path, name: str) -> str | None:
     return None
 
 
-def assemble(dockerfile: Path, root: Path) -> Path:
-    """Lay out under ``root`` the files the Dockerfile COPYs from the build context, at their
-    image paths (WORKDIR-relative destinations resolved), minus what .dockerignore drops.
+# --- The build context (.dockerignore) --------------------------------------------------------------
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """One .dockerignore pattern as a regex over context-relative paths (Go's filepath.Match plus
+    ``**``, as Docker reads it: ``*`` and ``?`` stop at ``/``, ``**`` spans directories)."""
+    pattern = pattern.strip("/")
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
 
-    This is the image's own code tree without Docker: tests run the entry points in it.
-    """
-    import fnmatch
-    import shutil
 
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
-
-    def skip(relative: str) -> bool:
-        # Docker's rules, the subset we use: a pattern matches from the context root (a directory
-        # drops everything under it); "**/" matches at any depth.
-        parts = relative.split("/")
-        for pattern in ignored:
-            if pattern.startswith("**/"):
-                if any(fnmatch.fnmatch(part, pattern[3:]) for part in parts):
-                    return True
-            elif any(fnmatch.fnmatch("/".join(parts[:i]), pattern) for i in range(1, len(parts) + 1)):
-                return True
-        return False
-
-    workdir = PurePosixPath("/")
-    for ins in instructions(dockerfile):
-        if ins.keyword == "WORKDIR":
-            workdir = workdir / ins.value
+def dockerignore_rules() -> list[tuple[bool, str, re.Pattern[str]]]:
+    """(is an exception ``!``, the pattern, its regex) for every line of .dockerignore, in order."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
             continue
-        if ins.keyword != "COPY" or "--from" in ins.value:
-            continue
-        *sources, dest = [w for w in shlex.split(ins.value) if not w.startswith("--")]
-        target = workdir / dest
-        for source in sources:
-            path = ROOT / source
-            assert path.exists(), f"{dockerfile.name}: COPY {source}: not in the build context"
-            assert not skip(source.rstrip("/")), f"{dockerfile.name}: .dockerignore drops {source}"
-            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-            for file in files:
-                relative = file.relative_to(ROOT).as_posix()
-                if skip(relative):
-                    continue
-                inner = file.relative_to(path) if path.is_dir() else PurePosixPath(file.name)
-                into = target / inner if (path.is_dir() or dest.endswith("/")) else target
-                out = root / str(into).lstrip("/")
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(file, out)
-    return root
+        negated = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        rules.append((negated, pattern, _pattern_regex(pattern)))
+    return rules
+
+
+def in_context(relative: str, rules: list[tuple[bool, str, re.Pattern[str]]] | None = None) -> bool:
+    """Whether Docker sends this context-relative path: the last pattern that matches the path or
+    one of its parent directories decides (``!`` keeps it)."""
+    rules = dockerignore_rules() if rules is None else rules
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    keep = True
+    for negated, _, regex in rules:
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            keep = negated
+    return keep
+
+
+def context_files() -> list[str]:
+    """The files (context-relative) that ``docker build .`` sends from this working tree."""
+    rules = dockerignore_rules()
+    exceptions = [pattern for negated, pattern, _ in rules if negated]
+    found = []
+    for directory, subdirs, files in os.walk(ROOT):
+        here = Path(directory).relative_to(ROOT).as_posix()
+        here = "" if here == "." else here + "/"
+        # Skip an excluded directory unless an exception ("!") might keep something below it.
+        subdirs[:] = [d for d in subdirs if in_context(here + d, rules)
+                      or any(p.startswith(here + d + "/") or p.startswith("**") for p in exceptions)]
+        found += [here + f for f in files if in_context(here + f, rules)]
+    return sorted(found)
+
+
+def build_context(destination: Path) -> Path:
+    """Copy the build context (what ``docker build .`` sends) to ``destination``."""
+    for relative in context_files():
+        target = destination / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / relative, target)
+    return destination
+
+
+# --- The project as a package ---------------------------------------------------------------------------
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def extra_requirement_files(extra: str) -> list[str]:
+    """The requirements files an extra of the project is read from (pyproject's dynamic table)."""
+    table = pyproject()["tool"]["setuptools"]["dynamic"]["optional-dependencies"][extra]
+    return [PurePosixPath(f).name for f in table["file"]]
+
+
+def build_wheel(context: Path, out_dir: Path) -> Path:
+    """Build the project's wheel from a source tree (this venv's setuptools, offline)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
+         "--quiet", "--wheel-dir", str(out_dir), str(context)],
+        cwd=out_dir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out_dir.glob("digits-*.whl")
+    return wheel
+
+
+def wheel_files(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return set(archive.namelist())
+
+
+def wheel_metadata(wheel: Path, name: str) -> str:
+    """A file of the wheel's .dist-info (METADATA, entry_points.txt, ...)."""
+    with zipfile.ZipFile(wheel) as archive:
+        (path,) = [n for n in archive.namelist() if n.endswith(f".dist-info/{name}")]
+        return archive.read(path).decode()
+
+
+def install_tree(wheel: Path, target: Path) -> Path:
+    """Install the wheel's files alone (no dependencies) into ``target``: the code an image's venv
+    gets from the project, importable with PYTHONPATH=target."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-cache-dir", "--quiet",
+         "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return target

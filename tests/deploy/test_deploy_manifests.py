@@ -1,17 +1,18 @@
 """The manifests agree with the code: contract ports, paths and model name; flags the programs
 accept; the grid's size; security and resources on every workload; selectors that select.
 
-The contract (client/contract.py) is the source of truth; the manifests' literal values are
+The contract (the contract package) is the source of truth; the manifests' literal values are
 checked against it, and the containers' arguments are parsed by the programs' own parsers.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 from deploy_support import (
+    IMAGES,
     ROOT,
     all_documents,
     container,
@@ -19,6 +20,7 @@ from deploy_support import (
     containers,
     find,
     flag_values,
+    last,
     pod_spec,
     workloads,
 )
@@ -77,13 +79,13 @@ def test_grid_job_command_parses_and_every_index_is_a_run(monkeypatch: pytest.Mo
     train = container(job, "train")
     assert "command" not in train, "the image's ENTRYPOINT is `python -m training`"
     assert "--index" not in train["args"], "the index must come from $JOB_COMPLETION_INDEX"
-    last = job["spec"]["completions"] - 1
-    monkeypatch.setenv("JOB_COMPLETION_INDEX", str(last))  # what the Job controller sets
+    last_index = job["spec"]["completions"] - 1
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", str(last_index))  # what the Job controller sets
     args = build_parser().parse_args(train["args"])
-    assert (args.command, args.grid, args.index) == ("run", "lab", last)
+    assert (args.command, args.grid, args.index) == ("run", "lab", last_index)
     run_config(args.grid, args.index)  # the last index is a run of that grid
     with pytest.raises(IndexError):
-        run_config(args.grid, last + 1)
+        run_config(args.grid, last_index + 1)
     # Runs and data land on the shared volume, not in the container.
     assert _mount_for(job, train, str(args.runs_dir))[1] == "digits-work"
     assert _mount_for(job, train, _env(train)[contract.MNIST_DIR_ENV])[1] == "digits-work"
@@ -373,25 +375,19 @@ def test_services_select_pods_that_have_their_ports() -> None:
 
 
 def test_images_are_built_here_or_pinned() -> None:
-    dockerfiles = {"digits-train": "Dockerfile.train", "digits-serve": "Dockerfile.serve",
-                   "digits-client": "Dockerfile.client"}
     for _, workload in workloads():
         for c in containers(workload):
             image, _, tag = c["image"].partition(":")
-            if image in dockerfiles:
-                assert (ROOT / dockerfiles[image]).is_file()
+            if image in IMAGES:
+                assert (ROOT / IMAGES[image]).is_file()
             else:
                 assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"{c['image']}: pin a release"
 
 
 def test_pod_uid_is_the_image_user() -> None:
-    from deploy_support import last
-
-    uids = {"digits-train": "Dockerfile.train", "digits-serve": "Dockerfile.serve",
-            "digits-client": "Dockerfile.client"}
     for _, workload in workloads():
         for c in containers(workload):
             image = c["image"].partition(":")[0]
-            if image in uids:
-                user = last(Path(ROOT / uids[image]), "USER").value.split(":")[0]
+            if image in IMAGES:
+                user = last(ROOT / IMAGES[image], "USER").value.split(":")[0]
                 assert int(user) == pod_spec(workload)["securityContext"]["runAsUser"], image
