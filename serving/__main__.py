@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 
+from serving.logs import configure_logging
 from serving.settings import load_settings
 from serving.supervisor import Supervisor
-from serving.workers import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, then run the supervisor until SIGTERM; returns the exit status."""
     settings = load_settings(argv)
     configure_logging(settings.log_level)
     return Supervisor(settings).run()

@@ -1,8 +1,10 @@
-"""The data plane: all the business logic of predict, metadata and status, for both protocols.
+"""The data plane: all the business logic of predict, metadata and status, for every protocol.
 
 The REST and gRPC adapters decode their request into plain values (numpy arrays, version
-numbers, names), call one method here, and encode the result. Every client mistake is raised as
-a ``contract.errors.ServingError`` with its gRPC code; the adapters only translate it.
+numbers, names), call one method here, and encode the result; nothing here knows a wire format.
+Results are numpy arrays and the foundation's protocol-neutral types (``contract.types``:
+``ModelMetadata``, ``VersionStatus``). Every client mistake is raised as a
+``contract.errors.ServingError`` with its gRPC code; each adapter translates it in one place.
 """
 
 from __future__ import annotations
@@ -11,46 +13,14 @@ import threading
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from google.protobuf import json_format
 
-from contract import (
-    INPUT_NAME,
-    INPUT_SPEC,
-    MAX_BATCH_SIZE,
-    METADATA_FIELD_SIGNATURE_DEF,
-    OUTPUT_NAMES,
-    OUTPUT_SPEC,
-    PREDICT_METHOD_NAME,
-    SIGNATURE_DEF_MAP_TYPE_URL,
-    SIGNATURE_NAME,
-)
-from contract.codecs import data_type
+from contract import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAMES, SIGNATURE_NAME
 from contract.errors import InvalidArgument, NotFound
-from contract.proto import digits_tfserving_pb2 as pb
+from contract.types import ModelMetadata, VersionStatus, served_metadata
 from serving import metrics
 from serving.batching import Batcher
 from serving.repository import ModelRepository
 from serving.runtime import LoadedModel, prepare_images, signature_check
-
-
-def _tensor_info(name: str, dtype: str, shape: tuple) -> pb.TensorInfo:
-    info = pb.TensorInfo(name=name, dtype=data_type(dtype))
-    info.tensor_shape.dim.extend(
-        pb.TensorShapeProto.Dim(size=-1 if s is None else s) for s in shape
-    )
-    return info
-
-
-def signature_def_map() -> pb.SignatureDefMap:
-    """The model's one signature as TF Serving describes it (batch dimension -1)."""
-    signature = pb.SignatureDef(method_name=PREDICT_METHOD_NAME)
-    for name, (dtype, shape) in INPUT_SPEC.items():
-        signature.inputs[name].CopyFrom(_tensor_info(name, dtype, shape))
-    for name, (dtype, shape) in OUTPUT_SPEC.items():
-        signature.outputs[name].CopyFrom(_tensor_info(name, dtype, shape))
-    result = pb.SignatureDefMap()
-    result.signature_def[SIGNATURE_NAME].CopyFrom(signature)
-    return result
 
 
 class DataPlane:
@@ -67,13 +37,6 @@ class DataPlane:
         self.batcher = batcher
         self.max_batch = max_batch
         self._draining = threading.Event()
-        self._signatures = signature_def_map()
-        # The REST metadata body, rendered once: TF Serving's JSON of the SignatureDefMap.
-        self.signature_map_json = json_format.MessageToDict(
-            self._signatures,
-            always_print_fields_with_no_presence=True,
-            preserving_proto_field_name=True,
-        )
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
@@ -86,14 +49,17 @@ class DataPlane:
         self._draining.set()
 
     # --- the three operations ------------------------------------------------------------------
-    def resolve(
-        self, name: str, version: int | None = None, label: str | None = None
-    ) -> LoadedModel:
-        """The loaded version a request addresses; NOT_FOUND / UNAVAILABLE otherwise."""
+    def _check_name(self, name: str) -> None:
         if name != self.model_name:
             raise NotFound(
                 f"model {name!r} is not served here (this server serves {self.model_name!r})"
             )
+
+    def resolve(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> LoadedModel:
+        """The loaded version a request addresses; NOT_FOUND / UNAVAILABLE otherwise."""
+        self._check_name(name)
         return self.repository.get(version, label)
 
     def predict(
@@ -130,51 +96,20 @@ class DataPlane:
         return model.version, {key: outputs[key] for key in OUTPUT_NAMES if key in wanted}
 
     def metadata(
-        self,
-        name: str,
-        version: int | None = None,
-        label: str | None = None,
-        fields: Iterable[str] = (METADATA_FIELD_SIGNATURE_DEF,),
-    ) -> pb.GetModelMetadataResponse:
-        """TF Serving's metadata: the signature map packed in an Any."""
-        fields = list(fields)
-        if not fields:
-            raise InvalidArgument(
-                "GetModelMetadataRequest must name a metadata_field "
-                f"({METADATA_FIELD_SIGNATURE_DEF!r})"
-            )
-        unsupported = [f for f in fields if f != METADATA_FIELD_SIGNATURE_DEF]
-        if unsupported:
-            raise InvalidArgument(
-                f"metadata field(s) {unsupported} not supported; "
-                f"only {METADATA_FIELD_SIGNATURE_DEF!r}"
-            )
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> ModelMetadata:
+        """The addressed version and its signature map (every version serves the contract's)."""
         model = self.resolve(name, version, label)
-        response = pb.GetModelMetadataResponse()
-        response.model_spec.name = self.model_name
-        response.model_spec.version.value = model.version
-        any_ = response.metadata[METADATA_FIELD_SIGNATURE_DEF]
-        any_.Pack(self._signatures)
-        any_.type_url = SIGNATURE_DEF_MAP_TYPE_URL  # official clients unpack TF Serving's type
-        return response
+        return served_metadata(self.model_name, model.version)
 
     def status(
         self, name: str, version: int | None = None, label: str | None = None
-    ) -> pb.GetModelStatusResponse:
-        """TF Serving's status: one row per version the repository knows of."""
-        if name != self.model_name:
-            raise NotFound(
-                f"model {name!r} is not served here (this server serves {self.model_name!r})"
-            )
+    ) -> list[VersionStatus]:
+        """One row per version the repository knows of (or the one addressed), ascending."""
+        self._check_name(name)
         if label is not None:
             version = self.resolve(name, None, label).version
-        response = pb.GetModelStatusResponse()
-        for row in self.repository.statuses(version):
-            entry = response.model_version_status.add(
-                version=row.version, state=pb.ModelVersionStatus.State.Value(row.state)
-            )
-            entry.status.error_code = pb.Code.Value(row.error_code)
-            entry.status.error_message = row.error_message
-        if not response.model_version_status and version is None:
+        rows = self.repository.statuses(version)
+        if not rows and version is None:
             raise NotFound(f"model {name!r} has no versions under {self.repository.base_path}")
-        return response
+        return rows

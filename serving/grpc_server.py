@@ -4,8 +4,10 @@ Our messages live in the ``digits.tfserving`` proto package (see protos/), so th
 method paths are bound here with generic handlers under the services
 ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and
 ``tensorflow.serving.ModelService`` (GetModelStatus). Each handler decodes, calls the data plane
-and encodes; a ``ServingError`` aborts with its own code and anything unexpected with INTERNAL,
-so a bad request never surfaces as UNKNOWN. The client's deadline is honoured.
+and encodes (``serving.tfserving_proto``); it never catches. One wrapper around every handler
+translates errors (a ``ServingError`` aborts with its own code, anything unexpected with
+INTERNAL, so a bad request never surfaces as UNKNOWN) and observes the request once
+(``serving.observe``). The client's deadline is honoured.
 """
 
 from __future__ import annotations
@@ -19,47 +21,35 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from contract import (
-    GET_MODEL_METADATA_RPC,
-    GET_MODEL_STATUS_RPC,
-    PREDICT_RPC,
-    SIGNATURE_NAME,
-)
-from contract.codecs import make_ndarray, make_tensor_proto
-from contract.errors import DeadlineExceeded, InvalidArgument, ServingError
+from contract import GET_MODEL_METADATA_RPC, GET_MODEL_STATUS_RPC, PREDICT_RPC
+from contract.errors import Code, DeadlineExceeded, ServingError
 from contract.proto import digits_tfserving_pb2 as pb
-from serving import metrics
 from serving.dataplane import DataPlane
+from serving.observe import RequestObserver
+from serving.settings import Settings
+from serving.tfserving_proto import (
+    check_metadata_fields,
+    decode_inputs,
+    decode_model_spec,
+    metadata_response,
+    predict_response,
+    status_response,
+)
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("serving.access")
 
 # Services reported by grpc.health.v1 ("" is the whole server, what Kubernetes probes ask).
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
-
-def _split(path: str) -> tuple[str, str]:
-    service, method = path.lstrip("/").split("/")
-    return service, method
-
-
-def _spec(spec: pb.ModelSpec) -> tuple[str, int | None, str | None]:
-    if not spec.name:
-        raise InvalidArgument("model_spec.name is required")
-    choice = spec.WhichOneof("version_choice")
-    if choice == "version":
-        return spec.name, spec.version.value, None
-    if choice == "version_label":
-        return spec.name, None, spec.version_label
-    return spec.name, None, None
+Handler = Callable[[Any, grpc.ServicerContext], Any]
 
 
 class PredictionHandlers:
     """The three RPCs as plain functions of (request, context) over one data plane."""
 
-    def __init__(self, dataplane: DataPlane, access_log: bool = True) -> None:
+    def __init__(self, dataplane: DataPlane, access_log: bool = Settings.access_log) -> None:
         self.dataplane = dataplane
-        self.access_log = access_log
+        self.observer = RequestObserver("grpc", access_log)
 
     def predict(
         self, request: pb.PredictRequest, context: grpc.ServicerContext
@@ -67,58 +57,48 @@ class PredictionHandlers:
         timeout = context.time_remaining()
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("deadline exceeded before the request was served")
-        name, version, label = _spec(request.model_spec)
-        inputs = {key: make_ndarray(tensor) for key, tensor in request.inputs.items()}
+        name, version, label = decode_model_spec(request.model_spec)
         answered, outputs = self.dataplane.predict(
             name,
-            inputs,
+            decode_inputs(request),
             version=version,
             label=label,
             signature_name=request.model_spec.signature_name,
             output_filter=request.output_filter,
             timeout=timeout,
         )
-        response = pb.PredictResponse()
-        response.model_spec.name = name
-        response.model_spec.version.value = answered
-        response.model_spec.signature_name = SIGNATURE_NAME
-        for key, value in outputs.items():
-            response.outputs[key].CopyFrom(make_tensor_proto(value))
-        return response
+        return predict_response(name, answered, outputs)
 
     def metadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> pb.GetModelMetadataResponse:
-        name, version, label = _spec(request.model_spec)
-        return self.dataplane.metadata(name, version, label, request.metadata_field)
+        name, version, label = decode_model_spec(request.model_spec)
+        check_metadata_fields(request.metadata_field)
+        return metadata_response(self.dataplane.metadata(name, version, label))
 
     def status(
         self, request: pb.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetModelStatusResponse:
-        name, version, label = _spec(request.model_spec)
-        return self.dataplane.status(name, version, label)
+        name, version, label = decode_model_spec(request.model_spec)
+        return status_response(self.dataplane.status(name, version, label))
 
-    def _wrap(self, method: str, fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable:
+    def translated(self, operation: str, handler: Handler) -> Handler:
+        """``handler`` with its errors turned into gRPC status codes, observed once per call."""
+
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            code, message, response = "OK", "", None
+            code, message, response = Code.OK, "", None
             try:
-                response = fn(request, context)
+                response = handler(request, context)
             except ServingError as exc:
                 code, message = exc.code, exc.message
             except Exception as exc:  # a bug: INTERNAL, never UNKNOWN
-                logger.exception("unhandled error in gRPC %s", method)
-                code, message = "INTERNAL", f"internal error: {type(exc).__name__}"
-            elapsed = time.perf_counter() - started
-            metrics.observe_request("grpc", method, code, elapsed)
-            if self.access_log:
-                access_logger.info(
-                    '{"api":"grpc","method":"%s","code":"%s","ms":%.3f}',
-                    method,
-                    code,
-                    elapsed * 1e3,
-                )
-            if code != "OK":
+                logger.exception("unhandled error in gRPC %s", operation)
+                code, message = Code.INTERNAL, f"internal error: {type(exc).__name__}"
+            self.observer.finished(
+                operation, code, time.perf_counter() - started, method=operation, code=code
+            )
+            if code != Code.OK:
                 context.abort(grpc.StatusCode[code], message)
             return response
 
@@ -132,10 +112,10 @@ class PredictionHandlers:
             (GET_MODEL_STATUS_RPC, "status", self.status, pb.GetModelStatusRequest),
         ]
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        for path, label, fn, request_type in table:
-            service, method = _split(path)
+        for path, operation, handler, request_type in table:
+            service, method = path.lstrip("/").split("/")
             by_service.setdefault(service, {})[method] = grpc.unary_unary_rpc_method_handler(
-                self._wrap(label, fn),
+                self.translated(operation, handler),
                 request_deserializer=request_type.FromString,
                 response_serializer=lambda message: message.SerializeToString(),
             )
@@ -146,11 +126,11 @@ def build_server(
     dataplane: DataPlane,
     address: str,
     *,
-    max_threads: int = 4,
-    max_message_bytes: int = 32 << 20,
-    access_log: bool = True,
+    max_threads: int = Settings.grpc_max_threads,
+    max_message_bytes: int = Settings.max_request_bytes,
+    access_log: bool = Settings.access_log,
 ) -> tuple[grpc.Server, health.HealthServicer, int]:
-    """A started-ready (not yet started) gRPC server bound to ``address``; returns its port.
+    """A server bound to ``address`` (not yet started), its health servicer and its port.
 
     SO_REUSEPORT (grpcio's default on Linux) lets every gRPC worker process bind the same port;
     the kernel spreads connections across them.
@@ -185,3 +165,4 @@ def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
     )
     for service in HEALTH_SERVICES:
         health_servicer.set(service, status)
+

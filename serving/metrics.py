@@ -4,7 +4,9 @@ Served at ``/monitoring/prometheus/metrics`` (TF Serving's path) and ``/metrics`
 supervisor runs workers it sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports
 ``prometheus_client``; each process then writes its samples to files there and the REST worker
 answering a scrape aggregates them all (gRPC workers included). Without that variable (tests,
-one in-process server) the default registry is used.
+one in-process server) the default registry is used. prometheus_client decides between the two
+when this module creates its metrics, so a process must have the variable set before importing
+it (the supervisor, which only owns the directory, never imports this module).
 
 Metrics:
 - ``serving_requests_total{api,method,code}``: requests by API (rest/grpc), method and gRPC code
@@ -29,7 +31,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from serving.settings import MULTIPROC_ENV
 
 REQUESTS = Counter(
     "serving_requests", "Requests by API, method and gRPC status code", ["api", "method", "code"]
@@ -63,10 +65,12 @@ def observe_request(api: str, method: str, code: str, seconds: float) -> None:
 
 
 def version_loaded(model: str, version: int, loaded: bool) -> None:
+    """Set the availability gauge of one version (1 while it serves)."""
     VERSION_AVAILABLE.labels(model, str(version)).set(1 if loaded else 0)
 
 
 def load_failed(model: str, version: int) -> None:
+    """Count one failed load of a version."""
     LOAD_FAILURES.labels(model, str(version)).inc()
 
 
@@ -78,8 +82,3 @@ def render() -> tuple[bytes, str]:
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
-
-def forget_dead_process(pid: int) -> None:
-    """Drop a dead worker's live gauges (its counters stay, as Prometheus expects)."""
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)

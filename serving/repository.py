@@ -20,11 +20,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from contract import ONNX_FILENAME, model_versions, version_path
-from contract.errors import NotFound, ServingError, Unavailable
+from contract.errors import Code, NotFound, ServingError, Unavailable
 from contract.types import AVAILABLE, END, LOADING, VersionStatus
 from serving.runtime import LoadedModel
+from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
+
 
 def _fingerprint(directory: Path) -> tuple:
     """Changes when the version's files change, so a failed version is retried only then."""
@@ -46,11 +48,11 @@ class ModelRepository:
         model_name: str,
         base_path: str | Path,
         *,
-        policy: str = "latest:1",
+        policy: str = Settings.model_version_policy,
         labels: dict[str, int] | None = None,
-        poll_wait_seconds: float = 1.0,
-        warm_up: bool = True,
-        intra_op_threads: int = 1,
+        poll_wait_seconds: float = Settings.file_system_poll_wait_seconds,
+        warm_up: bool = Settings.enable_model_warmup,
+        intra_op_threads: int = Settings.tensorflow_intra_op_parallelism,
         on_loaded: Callable[[int, bool], None] | None = None,
         on_load_failed: Callable[[int], None] | None = None,
     ) -> None:
@@ -181,7 +183,7 @@ class ModelRepository:
         except ServingError as exc:  # the version cannot serve: the runtime says why
             return self._failed_load(version, directory, exc.code, exc.message)
         except Exception as exc:  # e.g. ORT failing at warm-up on a graph it accepted
-            return self._failed_load(version, directory, "INTERNAL", f"{type(exc).__name__}: {exc}")
+            return self._failed_load(version, directory, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
         self._failed.pop(version, None)
         self._status[version] = VersionStatus(version, AVAILABLE)
         self._on_loaded(version, True)

@@ -29,6 +29,7 @@ from contract import (
     PIXELS,
 )
 from contract.errors import FailedPrecondition, InvalidArgument, NotFound
+from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,12 @@ def _check_io(kind: str, got: list, spec: dict[str, tuple[str, tuple]]) -> None:
 class LoadedModel:
     """One model version, loaded and checked; ``run`` is thread-safe (ORT sessions are)."""
 
-    def __init__(self, version: int, directory: Path, intra_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        version: int,
+        directory: Path,
+        intra_op_threads: int = Settings.tensorflow_intra_op_parallelism,
+    ) -> None:
         self.version = version
         self.directory = directory
         path = directory / ONNX_FILENAME

@@ -10,6 +10,12 @@ beats the default; an unknown flag or a malformed value is an error (exit status
 
 Both ``--flag value`` and TF Serving's ``--flag=value`` spellings work; booleans accept
 ``--enable_batching``, ``--enable_batching=true`` and ``--enable_batching=false``.
+
+Each flag is defined once, here: its type, default and help are a field of ``Settings``. The
+modules below take their values from a ``Settings`` and use its field defaults as their own
+(e.g. ``create_app(max_request_bytes=Settings.max_request_bytes)``). The supervisor hands the
+parsed settings to every worker process as JSON in ``SERVING_SETTINGS_JSON``, beside the
+Prometheus multi-process directory in ``PROMETHEUS_MULTIPROC_DIR``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from typing import Any
 from contract import DEFAULT_MODEL_BASE_PATH, GRPC_PORT, MODEL_NAME, REST_PORT
 
 ENV_PREFIX = "SERVING_"
+# What the supervisor hands to every worker process through the environment (not flags):
+SETTINGS_ENV = "SERVING_SETTINGS_JSON"  # these settings, as JSON
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the directory where all processes' metrics meet
 _POLICY = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")
 _LABELS = re.compile(r"^([A-Za-z0-9_.-]+=[0-9]+)(,[A-Za-z0-9_.-]+=[0-9]+)*$")
 
@@ -104,6 +113,11 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         return cls(**json.loads(text))
+
+    @classmethod
+    def from_worker_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings the supervisor handed to this worker process (``SETTINGS_ENV``)."""
+        return cls.from_json((os.environ if environ is None else environ)[SETTINGS_ENV])
 
     @property
     def version_label_map(self) -> dict[str, int]:

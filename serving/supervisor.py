@@ -26,11 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-from serving.settings import Settings
-from serving.workers import SETTINGS_ENV
+from prometheus_client import multiprocess
+
+from serving.settings import MULTIPROC_ENV, SETTINGS_ENV, Settings
 
 logger = logging.getLogger(__name__)
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -81,8 +81,6 @@ class Supervisor:
         env = dict(os.environ)
         env[SETTINGS_ENV] = settings.to_json()
         env[MULTIPROC_ENV] = str(self._metrics_dir)
-        # Set here too, so metrics helpers used by the supervisor see the same directory.
-        os.environ[MULTIPROC_ENV] = str(self._metrics_dir)
         self.children = [_Child("grpc", env) for _ in range(settings.num_workers)]
         if settings.rest_api_port:
             self.children.append(_Child("rest", env))
@@ -121,9 +119,8 @@ class Supervisor:
             child.start()
 
     def _forget(self, pid: int) -> None:
-        from serving.metrics import forget_dead_process
-
-        forget_dead_process(pid)
+        """Drop a dead worker's live gauges (its counters stay, as Prometheus expects)."""
+        multiprocess.mark_process_dead(pid, str(self._metrics_dir))
 
     def _forget_dead_metrics(self) -> None:
         # granian replaces REST workers without telling us: drop live gauges of any gone pid.

@@ -9,54 +9,37 @@ intra-op thread), so no state is shared between processes and any one may die an
 After start-up every worker calls ``gc.freeze()``: the long-lived objects (Flask, protobuf
 descriptors, the model) leave the collector's generations, which keeps full collections
 triggered by nested JSON payloads short (they caused 60-80 ms p99 spikes in a peer server).
+
+Imports: the heavy libraries are imported by the role that uses them, inside its function, and
+nowhere else: granian's master forks the REST workers and must not load ONNX Runtime, grpcio or
+the Prometheus metrics before it does, and a gRPC worker never needs Flask or granian. None of
+these breaks a cycle (nothing in ``serving`` imports this module).
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
+from serving.logs import configure_logging
 from serving.settings import Settings
 
-SETTINGS_ENV = "SERVING_SETTINGS_JSON"
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from serving.dataplane import DataPlane
+
 logger = logging.getLogger(__name__)
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line (structured logs); access lines are already JSON."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.name == "serving.access":
-            return message
-        entry = {
-            "level": record.levelname,
-            "logger": record.name,
-            "pid": os.getpid(),
-            "message": message,
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-def build_dataplane(
-    settings: Settings,
-):  # -> DataPlane (imported lazily: keeps the supervisor light)
+def build_dataplane(settings: Settings) -> DataPlane:
     """Repository (loaded and polling), optional batcher and the data plane over them."""
+    # Per role, not a cycle: ONNX Runtime and the Prometheus metrics load in a worker, never in
+    # granian's forking master.
     from serving import metrics
     from serving.batching import Batcher
     from serving.dataplane import DataPlane
@@ -86,36 +69,38 @@ def build_dataplane(
     return dataplane
 
 
-def settings_from_env() -> Settings:
-    return Settings.from_json(os.environ[SETTINGS_ENV])
+def _freeze_heap() -> None:
+    """Move everything alive after start-up out of the collector's generations."""
+    gc.collect()
+    gc.freeze()
 
 
-def rest_app():
+def rest_app() -> Flask:
     """Granian's WSGI factory: the Flask app of one REST worker process."""
+    # Per role, not a cycle: Flask is a REST worker's alone.
     from serving.rest import create_app
 
-    settings = settings_from_env()
+    settings = Settings.from_worker_env()
     configure_logging(settings.log_level)
-    dataplane = build_dataplane(settings)
     app = create_app(
-        dataplane,
+        build_dataplane(settings),
         max_request_bytes=settings.max_request_bytes,
         timeout_seconds=settings.rest_api_timeout_in_ms / 1000,
         access_log=settings.access_log,
     )
-    gc.collect()
-    gc.freeze()
+    _freeze_heap()
     logger.info("REST worker ready on %s:%d", settings.host, settings.rest_api_port)
     return app
 
 
 def run_rest_master(settings: Settings) -> None:
     """granian's process manager for the REST workers (it respawns a worker that dies)."""
+    # Per role, not a cycle: only the REST master runs granian.
     from granian.constants import Interfaces
     from granian.server import Server
 
     Server(
-        "serving.workers:rest_app",
+        "serving.workers:rest_app",  # by name: this module runs as __main__ here
         address=settings.host,
         port=settings.rest_api_port,
         interface=Interfaces.WSGI,
@@ -133,6 +118,7 @@ def run_rest_master(settings: Settings) -> None:
 
 def run_grpc_worker(settings: Settings) -> None:
     """One gRPC worker: serve until SIGTERM, then drain within the grace period."""
+    # Per role, not a cycle: grpcio is a gRPC worker's alone.
     from serving.grpc_server import build_server, set_health
 
     dataplane = build_dataplane(settings)
@@ -146,8 +132,7 @@ def run_grpc_worker(settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
-    gc.collect()
-    gc.freeze()
+    _freeze_heap()
     logger.info("gRPC worker ready on %s:%d", settings.host, settings.port)
     serving = None
     # Health follows readiness (a version AVAILABLE); checked often enough for probes.
@@ -165,18 +150,18 @@ def run_grpc_worker(settings: Settings) -> None:
     logger.info("gRPC worker drained and stopped")
 
 
+ROLES = {"grpc": run_grpc_worker, "rest": run_rest_master}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in {"grpc", "rest"}:
-        print("usage: python -m serving.workers {grpc|rest}", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in ROLES:
+        print(f"usage: python -m serving.workers {{{'|'.join(ROLES)}}}", file=sys.stderr)
         return 2
-    settings = settings_from_env()
+    settings = Settings.from_worker_env()
     configure_logging(settings.log_level)
     # The supervisor turns Ctrl-C into SIGTERM for every worker; ignore the terminal's SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if argv[0] == "grpc":
-        run_grpc_worker(settings)
-    else:
-        run_rest_master(settings)
+    ROLES[argv[0]](settings)
     return 0
 
 

@@ -6,6 +6,7 @@ Uses the session ``running_server`` (python -m serving over the model exported b
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,13 +15,16 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract import (
+    GET_MODEL_METADATA_RPC,
     GET_MODEL_STATUS_RPC,
     INPUT_NAME,
     INPUT_SHAPE,
     LIVENESS_PATH,
+    METADATA_FIELD_SIGNATURE_DEF,
     METRICS_ALIAS_PATH,
     METRICS_PATH,
     MODEL_NAME,
@@ -29,6 +33,8 @@ from contract import (
     OUTPUT_NAMES,
     OUTPUT_PROBABILITIES,
     PREDICT_RPC,
+    READINESS_PATH,
+    SIGNATURE_DEF_MAP_TYPE_URL,
     SIGNATURE_NAME,
     model_versions,
     version_path,
@@ -130,6 +136,68 @@ def test_rest_row_columnar_grpc_and_runtime_agree(running_server, images, refere
         np.testing.assert_array_equal(probabilities, reference[OUTPUT_PROBABILITIES])
     assert [p[OUTPUT_DIGIT] for p in row["predictions"]] == reference[OUTPUT_DIGIT].tolist()
     assert columnar["outputs"][OUTPUT_DIGIT] == reference[OUTPUT_DIGIT].tolist()
+
+
+def _proto_json(message) -> dict:
+    return json_format.MessageToDict(
+        message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+    )
+
+
+def test_rest_status_and_metadata_are_the_json_of_the_grpc_answers(running_server) -> None:
+    """Both adapters encode the same data-plane answer: REST prints the gRPC message as JSON."""
+    rest = f"{running_server.rest_url}/v1/models/{MODEL_NAME}"
+    status_code, rest_status = http("GET", rest)
+    assert status_code == 200, rest_status
+    status_code, rest_metadata = http("GET", f"{rest}/metadata")
+    assert status_code == 200, rest_metadata
+    with grpc.insecure_channel(running_server.grpc_target) as channel:
+        status = channel.unary_unary(
+            GET_MODEL_STATUS_RPC,
+            request_serializer=pb.GetModelStatusRequest.SerializeToString,
+            response_deserializer=pb.GetModelStatusResponse.FromString,
+        )(pb.GetModelStatusRequest(model_spec=pb.ModelSpec(name=MODEL_NAME)), timeout=30)
+        request = pb.GetModelMetadataRequest(model_spec=pb.ModelSpec(name=MODEL_NAME))
+        request.metadata_field.append(METADATA_FIELD_SIGNATURE_DEF)
+        metadata = channel.unary_unary(
+            GET_MODEL_METADATA_RPC,
+            request_serializer=pb.GetModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.GetModelMetadataResponse.FromString,
+        )(request, timeout=30)
+    assert rest_status == _proto_json(status)
+    packed = metadata.metadata[METADATA_FIELD_SIGNATURE_DEF]
+    assert packed.type_url == SIGNATURE_DEF_MAP_TYPE_URL
+    signatures = pb.SignatureDefMap.FromString(packed.value)
+    assert rest_metadata == {
+        "model_spec": _proto_json(metadata.model_spec),
+        "metadata": {METADATA_FIELD_SIGNATURE_DEF: _proto_json(signatures)},
+    }
+    assert rest_metadata["model_spec"]["version"] == str(model_versions(running_server.model_base_path)[-1])
+
+
+def test_access_log_has_one_shape_per_api_and_no_probes(running_server, images) -> None:
+    marker = f"/v1/models/{MODEL_NAME}/labels/access-log-marker"
+    assert http("GET", f"{running_server.rest_url}{marker}")[0] == 404
+    with grpc.insecure_channel(running_server.grpc_target) as channel:
+        channel.unary_unary(
+            GET_MODEL_STATUS_RPC,
+            request_serializer=pb.GetModelStatusRequest.SerializeToString,
+            response_deserializer=pb.GetModelStatusResponse.FromString,
+        )(pb.GetModelStatusRequest(model_spec=pb.ModelSpec(name=MODEL_NAME)), timeout=30)
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in running_server.log().splitlines() if line.startswith('{"api"')]
+        rest = [x for x in lines if x["api"] == "rest" and x["path"] == marker]
+        grpc_lines = [x for x in lines if x["api"] == "grpc" and x["method"] == "status"]
+        if (rest and grpc_lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rest and list(rest[-1]) == ["api", "method", "path", "status", "ms"], rest
+    assert (rest[-1]["method"], rest[-1]["status"]) == ("GET", 404)
+    assert grpc_lines and list(grpc_lines[-1]) == ["api", "method", "code", "ms"], grpc_lines
+    assert grpc_lines[-1]["code"] == "OK"
+    probes = {LIVENESS_PATH, READINESS_PATH, METRICS_PATH, METRICS_ALIAS_PATH}
+    assert not [x for x in lines if x.get("path") in probes]  # wait_ready polled /readyz many times
 
 
 def test_metrics_parse_with_prometheus_parser(running_server, images) -> None:

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import grpc
 import numpy as np
+import psutil
 
 from contract import (
     GET_MODEL_STATUS_RPC,
@@ -177,8 +178,16 @@ def test_dead_workers_are_replaced(model_base_path: Path, tmp_path: Path, server
         return found
 
     (grpc_worker,) = workers("grpc")
+    # Its live gauge (version available) sits in the supervisor's multi-process metrics directory.
+    metrics_dir = Path(psutil.Process(grpc_worker).environ()["PROMETHEUS_MULTIPROC_DIR"])
+    assert list(metrics_dir.glob(f"gauge_live*_{grpc_worker}.db"))
     os.kill(grpc_worker, signal.SIGKILL)
     _wait_for(lambda: workers("grpc") and workers("grpc") != [grpc_worker], what="a new gRPC worker")
+    # The supervisor forgot the dead worker's live gauges (a dead process serves no version).
+    _wait_for(
+        lambda: not list(metrics_dir.glob(f"gauge_live*_{grpc_worker}.db")),
+        what="the dead worker's live gauges to be dropped",
+    )
     _wait_for(server.is_ready, what="readiness")
     with grpc.insecure_channel(server.grpc_target) as channel:
         predict = _grpc_predict(channel)

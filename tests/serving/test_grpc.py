@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from contract import (
     GET_MODEL_METADATA_RPC,
@@ -26,15 +29,21 @@ from contract.codecs import make_ndarray, make_tensor_proto
 from contract.proto import digits_tfserving_pb2 as pb
 from serving.dataplane import DataPlane
 from serving.grpc_server import build_server, set_health
+from serving.logs import ACCESS_LOGGER
 from serving.repository import ModelRepository
 
 
 @pytest.fixture
-def channel(tiny_repository: Path) -> Iterator[grpc.Channel]:
+def dataplane(tiny_repository: Path) -> DataPlane:
     repository = ModelRepository(MODEL_NAME, tiny_repository, poll_wait_seconds=0)
     repository.start()
+    return DataPlane(repository)
+
+
+@pytest.fixture(params=[False], ids=["quiet"])
+def channel(dataplane: DataPlane, request: pytest.FixtureRequest) -> Iterator[grpc.Channel]:
     server, health, port = build_server(
-        DataPlane(repository), "127.0.0.1:0", access_log=False, max_message_bytes=1 << 20
+        dataplane, "127.0.0.1:0", access_log=request.param, max_message_bytes=1 << 20
     )
     server.start()
     set_health(health, True)
@@ -127,3 +136,50 @@ def test_oversized_message_is_refused(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _call(channel, PREDICT_RPC, big, pb.PredictResponse)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _count(method: str, code: str) -> float:
+    labels = {"api": "grpc", "method": method, "code": code}
+    return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
+
+
+@pytest.mark.parametrize("channel", [True], ids=["access_log"], indirect=True)
+def test_each_call_is_observed_once_with_its_code(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    ok, not_found = _count("status", "OK"), _count("predict", "NOT_FOUND")
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        _call(
+            channel,
+            GET_MODEL_STATUS_RPC,
+            pb.GetModelStatusRequest(model_spec=pb.ModelSpec(name=MODEL_NAME)),
+            pb.GetModelStatusResponse,
+        )
+        with pytest.raises(grpc.RpcError):
+            request = _predict_request(np.zeros((1, *INPUT_SHAPE), np.float32), version={"value": 9})
+            _call(channel, PREDICT_RPC, request, pb.PredictResponse)
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert (_count("status", "OK"), _count("predict", "NOT_FOUND")) == (ok + 1, not_found + 1)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert [list(line) for line in lines] == [["api", "method", "code", "ms"]] * 2  # no health line
+    assert [(x["api"], x["method"], x["code"]) for x in lines] == [
+        ("grpc", "status", "OK"),
+        ("grpc", "predict", "NOT_FOUND"),
+    ]
+
+
+def test_an_unexpected_error_is_internal_never_unknown(
+    channel: grpc.Channel, dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dataplane, "metadata", broken)
+    request = pb.GetModelMetadataRequest(model_spec=pb.ModelSpec(name=MODEL_NAME))
+    request.metadata_field.append(METADATA_FIELD_SIGNATURE_DEF)
+    before = _count("metadata", "INTERNAL")
+    with pytest.raises(grpc.RpcError) as info:
+        _call(channel, GET_MODEL_METADATA_RPC, request, pb.GetModelMetadataResponse)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "internal error: RuntimeError"
+    assert _count("metadata", "INTERNAL") == before + 1

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from contract import (
     INPUT_NAME,
@@ -21,6 +23,7 @@ from contract import (
     SIGNATURE_NAME,
 )
 from serving.dataplane import DataPlane
+from serving.logs import ACCESS_LOGGER
 from serving.repository import ModelRepository
 from serving.rest import create_app
 
@@ -118,3 +121,59 @@ def test_errors_have_tf_serving_shape(
 def test_readiness_turns_false_when_draining(client: FlaskClient, dataplane: DataPlane) -> None:
     dataplane.start_draining()
     assert client.get(READINESS_PATH).status_code == 503
+
+
+def _count(method: str, code: str) -> float:
+    labels = {"api": "rest", "method": method, "code": code}
+    return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "operation", "code"),
+    [
+        ("POST", PREDICT, json.dumps({"instances": _images(1).tolist()}), 200, "predict", "OK"),
+        ("GET", f"/v1/models/{MODEL_NAME}", None, 200, "status", "OK"),
+        ("GET", f"/v1/models/{MODEL_NAME}/metadata", None, 200, "metadata", "OK"),
+        (
+            "POST",
+            PREDICT,
+            json.dumps({"instances": _images(1).tolist(), "signature_name": "nope"}),
+            400,
+            "predict",
+            "FAILED_PRECONDITION",  # a 400 that keeps its own gRPC code
+        ),
+        ("GET", f"/v1/models/{MODEL_NAME}/versions/7/metadata", None, 404, "metadata", "NOT_FOUND"),
+        ("GET", PREDICT, None, 405, "predict", "UNIMPLEMENTED"),
+        ("GET", f"/v1/models/{MODEL_NAME}/a/b", None, 400, "unknown", "INVALID_ARGUMENT"),
+        ("POST", PREDICT, b"x" * (2 << 20), 413, "predict", "INVALID_ARGUMENT"),
+    ],
+)
+def test_each_model_request_is_observed_once_with_its_code(
+    dataplane: DataPlane, method: str, path: str, body, status: int, operation: str, code: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = create_app(dataplane, max_request_bytes=1 << 20).test_client()
+    before = _count(operation, code)
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        response = client.open(path, method=method, data=body)
+        client.get(LIVENESS_PATH), client.get(READINESS_PATH), client.get(METRICS_PATH)
+    assert response.status_code == status
+    assert _count(operation, code) == before + 1
+    # One access line, for the model request only (probes and scrapes are never logged).
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert list(line) == ["api", "method", "path", "status", "ms"]
+    assert (line["api"], line["method"], line["path"], line["status"]) == ("rest", method, path, status)
+
+
+def test_an_unexpected_error_is_a_500_counted_as_internal(
+    dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dataplane, "status", broken)
+    client = create_app(dataplane, access_log=False).test_client()
+    before = _count("status", "INTERNAL")
+    response = client.get(f"/v1/models/{MODEL_NAME}")
+    assert (response.status_code, response.get_json()) == (500, {"error": "internal error: RuntimeError"})
+    assert _count("status", "INTERNAL") == before + 1

@@ -1,11 +1,19 @@
-"""Settings: TF Serving flag names, environment defaults, unknown flags fail."""
+"""Settings: TF Serving flag names, environment defaults, unknown flags fail, one definition."""
 
 from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
 
 import pytest
 
 from contract import GRPC_PORT, MODEL_NAME, REST_PORT
-from serving.settings import Settings, load_settings
+from serving.grpc_server import PredictionHandlers, build_server
+from serving.repository import ModelRepository
+from serving.rest import create_app
+from serving.runtime import LoadedModel
+from serving.settings import SETTINGS_ENV, Settings, load_settings
 
 
 def test_defaults_are_tf_serving_ports_and_model() -> None:
@@ -73,3 +81,41 @@ def test_boolean_flag_forms_and_labels() -> None:
 def test_json_round_trip_for_workers() -> None:
     settings = load_settings(["--port", "1234", "--access_log=false"], {})
     assert Settings.from_json(settings.to_json()) == settings
+
+
+def test_worker_settings_come_from_the_supervisors_environment() -> None:
+    settings = load_settings(["--num_workers", "3", "--enable_batching"], {})
+    assert Settings.from_worker_env({SETTINGS_ENV: settings.to_json()}) == settings
+    # The hand-over variable is no flag's environment default.
+    assert SETTINGS_ENV.removeprefix("SERVING_").lower() not in {f.name for f in dataclasses.fields(Settings)}
+
+
+# Where a component takes a flag's value, its default is the flag's (defined once, in Settings).
+COMPONENT_DEFAULTS = [
+    (create_app, "max_request_bytes", "max_request_bytes", 1),
+    (create_app, "timeout_seconds", "rest_api_timeout_in_ms", 1000),
+    (create_app, "access_log", "access_log", 1),
+    (build_server, "max_threads", "grpc_max_threads", 1),
+    (build_server, "max_message_bytes", "max_request_bytes", 1),
+    (build_server, "access_log", "access_log", 1),
+    (PredictionHandlers, "access_log", "access_log", 1),
+    (ModelRepository, "policy", "model_version_policy", 1),
+    (ModelRepository, "poll_wait_seconds", "file_system_poll_wait_seconds", 1),
+    (ModelRepository, "warm_up", "enable_model_warmup", 1),
+    (ModelRepository, "intra_op_threads", "tensorflow_intra_op_parallelism", 1),
+    (LoadedModel, "intra_op_threads", "tensorflow_intra_op_parallelism", 1),
+]
+
+
+@pytest.mark.parametrize(("component", "parameter", "flag", "scale"), COMPONENT_DEFAULTS)
+def test_component_defaults_are_the_flag_defaults(component, parameter: str, flag: str, scale: int) -> None:
+    default = inspect.signature(component).parameters[parameter].default
+    (field,) = [f for f in dataclasses.fields(Settings) if f.name == flag]
+    assert default * scale == field.default
+
+
+def test_every_flag_is_documented() -> None:
+    """docs/serving.md's flag table describes Settings; a new flag must appear there too."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Settings) if f"`--{f.name}`" not in docs]
+    assert not missing, missing

@@ -1,0 +1,56 @@
+"""One observation per finished request: the Prometheus samples and the access-log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from prometheus_client import REGISTRY
+
+from contract.errors import Code
+from serving.logs import ACCESS_LOGGER, JsonFormatter
+from serving.observe import RequestObserver
+
+
+def _count(api: str, method: str, code: str) -> float:
+    labels = {"api": api, "method": method, "code": code}
+    return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
+
+
+def _latency_count(api: str, method: str) -> float:
+    labels = {"api": api, "method": method}
+    return REGISTRY.get_sample_value("serving_request_latency_seconds_count", labels) or 0.0
+
+
+def test_finished_counts_times_and_logs_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    before = _count("observe-test", "predict", "NOT_FOUND"), _latency_count("observe-test", "predict")
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        RequestObserver("observe-test").finished(
+            "predict", Code.NOT_FOUND, 0.0012345, method="POST", path="/x", status=404
+        )
+    assert _count("observe-test", "predict", "NOT_FOUND") == before[0] + 1
+    assert _latency_count("observe-test", "predict") == before[1] + 1
+    (record,) = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    line = JsonFormatter().format(record)  # access lines pass through the formatter unwrapped
+    assert list(json.loads(line).items()) == [
+        ("api", "observe-test"),
+        ("method", "POST"),
+        ("path", "/x"),
+        ("status", 404),
+        ("ms", 1.234),
+    ]
+
+
+def test_access_log_off_still_counts(caplog: pytest.LogCaptureFixture) -> None:
+    before = _count("observe-quiet", "status", "OK")
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        RequestObserver("observe-quiet", access_log=False).finished("status", "OK", 0.001, code="OK")
+    assert _count("observe-quiet", "status", "OK") == before + 1
+    assert not [r for r in caplog.records if r.name == ACCESS_LOGGER]
+
+
+def test_other_log_records_are_wrapped_in_json() -> None:
+    record = logging.LogRecord("serving.repository", logging.ERROR, __file__, 1, "failed %d", (3,), None)
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["level"], entry["logger"], entry["message"]) == ("ERROR", "serving.repository", "failed 3")
