@@ -1,0 +1,59 @@
+"""The shipped model (pretrained/lenet5): its files are the ones its card hashes, and served by
+the real server it scores at least the card's test accuracy on MNIST's 10,000 test images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import contract
+from client.api import connect
+from contract.mnist import load_split, to_model_input
+from tests.integration.conftest import start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+PRETRAINED = ROOT / "pretrained" / contract.MODEL_NAME
+TOLERANCE = 0.0005  # 0.05 points: the server's ONNX model against the card's Keras figure
+
+
+def _card() -> tuple[Path, dict]:
+    versions = contract.model_versions(PRETRAINED)
+    assert versions == [1], f"the shipped repository holds one version, found {versions}"
+    version_dir = contract.version_path(PRETRAINED, 1)
+    return version_dir, json.loads((version_dir / contract.MODEL_CARD_FILENAME).read_text())
+
+
+def test_shipped_files_match_their_card():
+    version_dir, card = _card()
+    on_disk = {str(p.relative_to(version_dir)) for p in version_dir.rglob("*") if p.is_file()}
+    assert on_disk == set(card["files"]) | {contract.MODEL_CARD_FILENAME}
+    for name, digest in card["files"].items():
+        assert hashlib.sha256((version_dir / name).read_bytes()).hexdigest() == digest, name
+    assert card["grid"] == "training/grids/lab.toml" and card["selection"] == "highest validation accuracy"
+    assert card["parity"]["passed"] and card["parity"]["images"] == 10_000
+    assert set(card["data_checksums"]) == set(contract.mnist.FILES)
+    assert card["reproduce"][0].startswith("python -m training run --grid lab --index ")
+    size = sum((version_dir / name).stat().st_size for name in card["files"])
+    assert size < 1.5e6, f"the shipped model should stay small, it is {size / 1e6:.2f} MB"
+
+
+@pytest.mark.slow
+def test_served_shipped_model_scores_its_cards_test_accuracy(mnist_dir, tmp_path):
+    _, card = _card()
+    images, labels = load_split("t10k", str(mnist_dir))
+    server = start_server(PRETRAINED, tmp_path / "server.log")
+    try:
+        digits = []
+        with connect(grpc=server.grpc_target, timeout=60) as client:
+            for start in range(0, len(images), 1000):
+                prediction = client.predict(to_model_input(images[start:start + 1000]))
+                assert prediction.model_version == 1
+                digits.append(prediction.digits)
+    finally:
+        server.stop()
+    accuracy = float(np.mean(np.concatenate(digits) == labels))
+    assert accuracy >= card["metrics"]["test_accuracy"] - TOLERANCE, accuracy
