@@ -1,14 +1,14 @@
-"""The command line: classify digit images, ask a server for status/metadata, run the benchmark.
+"""The command line: classify digit images, ask a server for status and metadata.
 
 Usage:
   python -m client predict photo.png scan.jpg --rest http://127.0.0.1:8501
   python -m client predict mnist:t10k:0-9 --grpc 127.0.0.1:8500 --json
   python -m client status --grpc 127.0.0.1:8500 [--model-version 2 | --model-label stable]
   python -m client metadata --rest http://127.0.0.1:8501
-  python -m client bench --rest http://127.0.0.1:8501 --grpc 127.0.0.1:8500 --users 1,4,16
 
 Errors are one line on stderr; the exit code says what kind (see ``EXIT_CODES``), so scripts can
-tell a bad input from a refusing server from an absent one.
+tell a bad input from a refusing server from an absent one. The benchmark (``python -m loadtest``)
+returns the same codes.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 import contract
-from client.api import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, connect
+from client.api import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, RestClient, connect
 from client.images import InputImage, load_inputs
 from contract.errors import DigitsError, InputError, ServingError
 
@@ -106,16 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     metadata = commands.add_parser("metadata", help="the model's signature map")
     _add_server_args(metadata)
     metadata.add_argument("--json", action="store_true")
-
-    from client.bench import add_bench_arguments  # the bench module owns its own options
-
-    bench = commands.add_parser(
-        "bench",
-        help="Locust load test over REST and gRPC at several concurrency levels",
-        description="Run Locust headless against a running server over both protocols at "
-        "several concurrency levels; write a CSV + markdown report and a latency plot.",
-    )
-    add_bench_arguments(bench)
     return parser
 
 
@@ -130,8 +122,6 @@ def _spec(args: argparse.Namespace) -> ModelSpec:
 
 def _client(args: argparse.Namespace) -> DigitsClient:
     if args.rest:
-        from client.rest_client import RestClient
-
         return RestClient(
             args.rest,
             _spec(args),
@@ -154,8 +144,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     version = None
     if inputs:
-        import numpy as np
-
         with _client(args) as client:
             # Chunks within the server's batch limit; one request per chunk, not per file.
             step = contract.MAX_BATCH_SIZE
@@ -227,18 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "rest", None) is None and getattr(args, "grpc", None) is None:
-        parser.error("give --rest URL and/or --grpc HOST:PORT")
+    commands = {"predict": cmd_predict, "status": cmd_status, "metadata": cmd_metadata}
     try:
-        if args.command == "predict":
-            return cmd_predict(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "metadata":
-            return cmd_metadata(args)
-        from client.bench import run_bench
-
-        return run_bench(args)
+        return commands[args.command](args)
     except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code_for(exc)

@@ -1,16 +1,19 @@
-"""``python -m client bench``: Locust headless over REST and gRPC at several concurrency levels.
+"""The serving benchmark: Locust headless over REST and gRPC at several concurrency levels.
 
-For each protocol and each number of users it runs ``client/locustfile.py`` for a bounded time
+For each protocol and each number of users it runs ``loadtest/locustfile.py`` for a bounded time
 (as a master with ``--workers`` worker processes, or as one local process with ``--workers 0``),
-keeps Locust's own CSV and HTML beside the report, and writes:
+keeps Locust's own CSV, HTML and log beside the report, and writes (:mod:`loadtest.report`):
 
-  report.csv / report.md   requests/s, p50/p90/p99/max latency, failures, live accuracy,
-                           load-generator CPU (and server CPU per request with --server-pid)
+  report.csv / report.md   requests/s (and images/s), p50/p90/p99/max latency, failures, live
+                           accuracy, load-generator CPU, server CPU per request (and per image)
   latency.png              latency percentiles and throughput against concurrency
 
-Latency percentiles come from :mod:`client.locust_stats` (1 % buckets) because Locust rounds
-times below 100 ms to whole milliseconds. The load generator's CPU is measured inside the Locust
-processes over the test window, so the report says how much of the 2 cores it took.
+The server is either one already running (``--rest`` / ``--grpc``; ``--server-pid`` for its CPU)
+or ours, started over a model repository (``--model-base-path``) on free loopback ports, measured
+and stopped at the end. Latency percentiles come from :mod:`loadtest.stats` (1 % buckets) because
+Locust rounds times below 100 ms to whole milliseconds. The load generator's CPU is measured
+inside the Locust processes over the test window, so the report says how much of the machine's
+cores it took from the server.
 """
 
 from __future__ import annotations
@@ -21,79 +24,80 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import contract
 from client.api import ModelSpec, connect
+from client.cli import EXIT_OK, EXIT_UNHEALTHY
 from client.grpc_client import PROTOCOL as GRPC
-from client.locust_stats import read_live_stats  # plain JSON helpers: no Locust import
 from client.rest_client import PROTOCOL as REST
 from contract.errors import Unavailable
+from loadtest.report import LevelResult, write_report
+from loadtest.server import StartedServer, cpu_seconds, free_port, start_server
+from loadtest.stats import read_live_stats  # plain JSON helpers: no Locust import
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 USER_CLASS = {REST: "RestDigitsUser", GRPC: "GrpcDigitsUser"}
+PROTOCOL_NAMES = {"rest": REST, "grpc": GRPC}
 START_GRACE_S = 60  # Locust's start-up and shutdown beyond the run time, before we give up
 
 
-@dataclass
-class LevelResult:
-    """One protocol at one concurrency level."""
-
-    protocol: str
-    users: int
-    duration_s: float
-    requests: int
-    failures: int
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    answers: int
-    wrong_digits: int
-    live_accuracy: float
-    generator_cpu_cores: float  # CPU seconds of all Locust processes / test seconds
-    generator_cpu_us_per_request: float
-    generator_processes: int
-    server_cpu_us_per_request: float  # NaN without --server-pid
-    load_average: float  # the machine's 1-minute load at the end: others' work shows here
-    locust_exit_code: int
-
-
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rest", metavar="URL", help=f"REST base URL, e.g. http://HOST:{contract.REST_PORT}")
-    parser.add_argument("--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}")
-    parser.add_argument("--model-name", default=contract.MODEL_NAME)
-    parser.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    server = parser.add_argument_group("the server (a running one, or ours started here)")
+    server.add_argument("--rest", metavar="URL", help=f"REST base URL, e.g. http://HOST:{contract.REST_PORT}")
+    server.add_argument("--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}")
+    server.add_argument(
+        "--server-pid",
+        type=int,
+        help="a running server's main pid: report its CPU per request (it and its child processes)",
+    )
+    server.add_argument(
+        "--model-base-path",
+        metavar="DIR",
+        help="start `python -m serving` over this model repository on free loopback ports, "
+        "measure its CPU, stop it at the end (instead of --rest/--grpc)",
+    )
+    server.add_argument(
+        "--server-args",
+        default="",
+        metavar="FLAGS",
+        help='extra flags for the server started here, e.g. "--access_log false --num_workers 2"',
+    )
+    server.add_argument("--model-name", default=contract.MODEL_NAME)
+    load = parser.add_argument_group("the load")
+    load.add_argument(
+        "--protocols",
+        help="rest, grpc or rest,grpc (measured in that order); default: each one the server was given for",
+    )
+    load.add_argument(
         "--users",
         default="1,4,16",
         help="concurrency levels: comma-separated numbers of closed-loop users (default 1,4,16)",
     )
-    parser.add_argument(
+    load.add_argument(
         "--duration", type=float, default=10.0, help="seconds per protocol and level (default 10)"
     )
-    parser.add_argument(
+    load.add_argument(
+        "--images-per-request",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"MNIST digits per predict request (default 1; up to {contract.MAX_BATCH_SIZE})",
+    )
+    load.add_argument(
         "--workers",
         type=int,
         default=1,
         help="Locust worker processes (0: one local process, no master); default 1",
     )
-    parser.add_argument("--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})")
-    parser.add_argument("--out", default="reports/bench", help="report directory")
-    parser.add_argument(
-        "--server-pid",
-        type=int,
-        help="the server's main pid: report its CPU per request (it and its child processes)",
-    )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    load.add_argument("--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})")
+    load.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--out", default="reports/bench", help="report directory (default reports/bench)")
 
 
 def parse_levels(text: str) -> list[int]:
@@ -106,67 +110,52 @@ def parse_levels(text: str) -> list[int]:
     return sorted(set(levels))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def parse_protocols(text: str) -> list[str]:
+    """``"grpc,rest"`` -> ``["REST", "gRPC"]`` (always REST first, as the report lists them)."""
+    names = [x.strip().lower() for x in text.split(",") if x.strip()]
+    unknown = sorted(set(names) - set(PROTOCOL_NAMES))
+    if not names or unknown:
+        raise ValueError(f"--protocols takes rest and/or grpc, got {text!r}")
+    return [PROTOCOL_NAMES[name] for name in PROTOCOL_NAMES if name in names]
 
 
-def server_cpu_seconds(pid: int | None) -> float:
-    """CPU seconds of the server process and its children so far (NaN when unknown)."""
-    if pid is None:
-        return math.nan
-    import psutil  # Locust depends on it
+def check_arguments(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """The protocols and levels to run; ValueError for a command line that cannot work."""
+    levels = parse_levels(args.users)
+    protocols = parse_protocols(args.protocols or "rest,grpc")
+    if args.duration <= 0:
+        raise ValueError("--duration must be positive")
+    if args.workers < 0:
+        raise ValueError("--workers must be >= 0")
+    if not 1 <= args.images_per_request <= contract.MAX_BATCH_SIZE:
+        raise ValueError(f"--images-per-request must be 1..{contract.MAX_BATCH_SIZE}")
+    if args.model_base_path:
+        if args.rest or args.grpc or args.server_pid:
+            raise ValueError("give --model-base-path, or a running server's --rest/--grpc, not both")
+        return protocols, levels
+    if args.server_args:
+        raise ValueError("--server-args is for the server started with --model-base-path")
+    where = {REST: args.rest, GRPC: args.grpc}
+    if not any(where.values()):
+        raise ValueError("give --rest URL and/or --grpc HOST:PORT, or --model-base-path DIR")
+    missing = [p for p in protocols if not where[p]]
+    if args.protocols and missing:
+        raise ValueError(f"--protocols asks for {', '.join(missing)} but no address was given for it")
+    return [p for p in protocols if where[p]], levels
 
-    try:
-        root = psutil.Process(pid)
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
-    except psutil.NoSuchProcess:
-        return math.nan
 
-
-def _locust_command(
-    args: argparse.Namespace, protocol: str, users: int, prefix: Path, live_file: Path
-) -> list[str]:
+def _locust_command(args: argparse.Namespace, users: int, prefix: Path, live_file: Path) -> list[str]:
     host = args.rest if args.rest else f"http://{args.grpc}"
     command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--users",
-        str(users),
-        "--spawn-rate",
-        str(users),
-        "--run-time",
-        f"{args.duration:g}s",
-        "--stop-timeout",
-        "5",
-        "--host",
-        host,
-        "--csv",
-        str(prefix),
-        "--html",
-        f"{prefix}.html",
-        "--only-summary",
-        "--loglevel",
-        "INFO",  # the log is a file; Locust says there when a worker goes missing
-        "--model-name",
-        args.model_name,
-        "--request-timeout",
-        f"{args.timeout:g}",
-        "--live-stats-file",
-        str(live_file),
-    ]
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{args.duration:g}s",
+        "--stop-timeout", "5", "--host", host,
+        "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary",
+        "--loglevel", "INFO",  # the log is a file; Locust says there when a worker goes missing
+        "--model-name", args.model_name, "--request-timeout", f"{args.timeout:g}",
+        "--images-per-request", str(args.images_per_request),
+        "--live-stats-file", str(live_file),
+    ]  # fmt: skip
     if args.grpc:
         command += ["--grpc-target", args.grpc]
     if args.mnist_dir:
@@ -174,81 +163,57 @@ def _locust_command(
     return command
 
 
-def _run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -> LevelResult:
+def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+        "--master-host", "127.0.0.1", "--master-port", str(port), "--loglevel", "INFO",
+        "--images-per-request", str(args.images_per_request),
+    ]  # fmt: skip
+    if args.mnist_dir:  # so the worker encodes its digits before the test starts
+        command += ["--mnist-dir", str(args.mnist_dir)]
+    return command
+
+
+def run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -> LevelResult:
+    """One protocol at one level: Locust runs, the server's CPU is read around it."""
     name = f"{protocol.lower()}-u{users}"
     prefix = out / "locust" / name
     prefix.parent.mkdir(parents=True, exist_ok=True)
     live_file = out / "locust" / f"{name}-live.json"
     live_file.unlink(missing_ok=True)
-    command = _locust_command(args, protocol, users, prefix, live_file)
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    )
+    command = _locust_command(args, users, prefix, live_file)
     processes: list[subprocess.Popen] = []
     log_path = prefix.with_suffix(".log")
-    server_before = server_cpu_seconds(args.server_pid)
+    server_before = cpu_seconds(args.server_pid)
     with open(log_path, "w") as log_file:
         if args.workers > 0:
-            port = _free_port()
+            port = free_port()
             master = command + [
-                "--master",
-                "--master-bind-host",
-                "127.0.0.1",
-                "--master-bind-port",
-                str(port),
-                "--expect-workers",
-                str(args.workers),
-                "--expect-workers-max-wait",
-                "30",
+                "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                "--expect-workers", str(args.workers), "--expect-workers-max-wait", "30",
                 USER_CLASS[protocol],
-            ]
-            processes.append(_spawn(master, env, log_file))
-            worker = [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                str(LOCUSTFILE),
-                "--worker",
-                "--master-host",
-                "127.0.0.1",
-                "--master-port",
-                str(port),
-                "--loglevel",
-                "INFO",
-            ]
-            if args.mnist_dir:  # so the worker encodes its digits before the test starts
-                worker += ["--mnist-dir", str(args.mnist_dir)]
-            processes += [_spawn(worker, env, log_file) for _ in range(args.workers)]
+            ]  # fmt: skip
+            processes.append(_spawn(master, log_file))
+            processes += [_spawn(_worker_command(args, port), log_file) for _ in range(args.workers)]
         else:
-            processes.append(_spawn(command + [USER_CLASS[protocol]], env, log_file))
+            processes.append(_spawn(command + [USER_CLASS[protocol]], log_file))
         codes = _wait_all(processes, deadline=time.monotonic() + args.duration + START_GRACE_S)
-    server_after = server_cpu_seconds(args.server_pid)
-    master_code = codes[0]
+    server_cpu_s = cpu_seconds(args.server_pid) - server_before
     stats_file = Path(f"{prefix}_stats.csv")
     if not stats_file.is_file() or not live_file.is_file():
         tail = log_path.read_text()[-1500:]
         raise RuntimeError(
-            f"Locust run {name} wrote no statistics (exit {master_code}); its log {log_path}:\n{tail}"
+            f"Locust run {name} wrote no statistics (exit {codes[0]}); its log {log_path}:\n{tail}"
         )
-    return _result(
-        protocol,
-        users,
-        args.duration,
-        stats_file,
-        live_file,
-        server_after - server_before,
-        master_code,
+    return level_result(
+        protocol, users, args.images_per_request, args.duration, stats_file, live_file, server_cpu_s, codes[0]
     )
 
 
-def _spawn(command: list[str], env: dict[str, str], log_file) -> subprocess.Popen:  # noqa: ANN001
+def _spawn(command: list[str], log_file) -> subprocess.Popen:  # noqa: ANN001
     log.debug("running %s", " ".join(command))
     return subprocess.Popen(
         command,
-        cwd=ROOT,
-        env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -278,15 +243,17 @@ def _wait_all(processes: list[subprocess.Popen], deadline: float) -> list[int]:
     return codes
 
 
-def _result(
+def level_result(
     protocol: str,
     users: int,
+    images_per_request: int,
     duration: float,
     stats_file: Path,
     live_file: Path,
     server_cpu_s: float,
     exit_code: int,
 ) -> LevelResult:
+    """One row of the report from Locust's stats CSV and our live-statistics JSON."""
     with open(stats_file, newline="") as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     total = rows.get("Aggregated")
@@ -297,19 +264,24 @@ def _result(
     summary = live["summary"].get(protocol, {})
     latency = summary.get("latency_ms", {})
     generator = live.get("generator", {})
-
     generator_cpu_s = float(generator.get("cpu_s", math.nan))
 
     def number(value: object) -> float:
         return math.nan if value is None else float(value)  # type: ignore[arg-type]
 
+    def per_request(value: float) -> float:
+        return value / requests * 1e6 if requests else math.nan
+
+    rps = float(total["Requests/s"])
     return LevelResult(
         protocol=protocol,
         users=users,
+        images_per_request=images_per_request,
         duration_s=duration,
         requests=requests,
         failures=int(total["Failure Count"]),
-        rps=float(total["Requests/s"]),
+        rps=rps,
+        images_per_s=rps * images_per_request,
         p50_ms=number(latency.get("p50")),
         p90_ms=number(latency.get("p90")),
         p99_ms=number(latency.get("p99")),
@@ -318,147 +290,52 @@ def _result(
         wrong_digits=int(summary.get("wrong", 0)),
         live_accuracy=number(summary.get("accuracy")),
         generator_cpu_cores=generator_cpu_s / duration,
-        generator_cpu_us_per_request=generator_cpu_s / requests * 1e6 if requests else math.nan,
+        generator_cpu_us_per_request=per_request(generator_cpu_s),
         generator_processes=int(generator.get("processes", 0)),
-        server_cpu_us_per_request=server_cpu_s / requests * 1e6 if requests else math.nan,
+        server_cpu_us_per_request=per_request(server_cpu_s),
+        server_cpu_us_per_image=per_request(server_cpu_s) / images_per_request,
         load_average=os.getloadavg()[0],
         locust_exit_code=exit_code,
     )
 
 
-# --- the report ----------------------------------------------------------------------------------
-COLUMNS = [
-    ("protocol", "protocol", "{}"),
-    ("users", "users", "{}"),
-    ("requests", "requests", "{}"),
-    ("failures", "failures", "{}"),
-    ("rps", "req/s", "{:.0f}"),
-    ("p50_ms", "p50 ms", "{:.2f}"),
-    ("p90_ms", "p90 ms", "{:.2f}"),
-    ("p99_ms", "p99 ms", "{:.2f}"),
-    ("max_ms", "max ms", "{:.1f}"),
-    ("live_accuracy", "live accuracy", "{:.4f}"),
-    ("wrong_digits", "wrong digits", "{}"),
-    ("generator_cpu_cores", "Locust CPU (cores)", "{:.2f}"),
-    ("generator_cpu_us_per_request", "Locust CPU µs/req", "{:.0f}"),
-    ("server_cpu_us_per_request", "server CPU µs/req", "{:.0f}"),
-    ("load_average", "load avg (1 min)", "{:.1f}"),
-]
-
-
-def _cell(fmt: str, value: object) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "—"
-    return fmt.format(value)
-
-
-def write_report(results: list[LevelResult], out: Path, header: str) -> tuple[Path, Path, Path]:
-    """report.csv, report.md and latency.png in ``out``."""
-    csv_path, md_path, png_path = out / "report.csv", out / "report.md", out / "latency.png"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
-        writer.writeheader()
-        for r in results:
-            writer.writerow(asdict(r))
-    lines = [header, "", "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"]
-    lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
-    for r in results:
-        lines.append("| " + " | ".join(_cell(fmt, getattr(r, key)) for key, _, fmt in COLUMNS) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    plot(results, png_path)
-    return csv_path, md_path, png_path
-
-
-def plot(results: list[LevelResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display here, and none needed for a file
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = {REST: "tab:blue", GRPC: "tab:orange"}
-    for protocol in (REST, GRPC):
-        rows = sorted((r for r in results if r.protocol == protocol), key=lambda r: r.users)
-        if not rows:
-            continue
-        users = [r.users for r in rows]
-        for key, style in (("p50_ms", "-"), ("p90_ms", "--"), ("p99_ms", ":")):
-            lat.plot(
-                users,
-                [getattr(r, key) for r in rows],
-                style,
-                marker="o",
-                color=colours[protocol],
-                label=f"{protocol} {key.split('_')[0]}",
-            )
-        thr.plot(users, [r.rps for r in rows], "-", marker="o", color=colours[protocol], label=protocol)
-    levels = sorted({r.users for r in results})
-    for axis in (lat, thr):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(levels, [str(n) for n in levels])
-        axis.set_xlabel("concurrent users (closed loop)")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
-    lat.set_yscale("log")
-    lat.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    lat.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    lat.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    lat.set_ylabel("latency (ms)")
-    lat.set_title("Latency percentiles vs concurrency")
-    thr.set_ylim(bottom=0)
-    thr.set_ylabel("requests / s")
-    thr.set_title("Throughput vs concurrency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _check_server(args: argparse.Namespace) -> None:
+def check_server(args: argparse.Namespace, protocols: list[str]) -> None:
     """Fail fast, in one line, when a server is absent or its model is not AVAILABLE."""
     spec = ModelSpec(name=args.model_name)
-    for kind, where in (("rest", args.rest), ("grpc", args.grpc)):
-        if not where:
-            continue
+    for protocol in protocols:
+        kind, where = ("rest", args.rest) if protocol == REST else ("grpc", args.grpc)
         with connect(spec=spec, timeout=args.timeout, **{kind: where}) as client:
             versions = client.status()
         if not any(v.available for v in versions):
             raise Unavailable(
-                f"model {args.model_name} has no AVAILABLE version at {where}",
-                protocol=kind,
+                f"model {args.model_name} has no AVAILABLE version at {where}", protocol=protocol
             )
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """The ``bench`` command; exit code 0 when every level ran with zero failures."""
-    from client.cli import EXIT_OK, EXIT_UNHEALTHY
-
-    levels = parse_levels(args.users)
-    if args.duration <= 0:
-        raise ValueError("--duration must be positive")
-    if args.workers < 0:
-        raise ValueError("--workers must be >= 0")
-    _check_server(args)
+    """The benchmark; exit code 0 when every level ran with zero failures."""
+    protocols, levels = check_arguments(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    protocols = [p for p, where in ((REST, args.rest), (GRPC, args.grpc)) if where]
-    results: list[LevelResult] = []
-    for protocol in protocols:
-        for users in levels:
-            print(f"bench: {protocol} with {users} users for {args.duration:g} s ...", flush=True)
-            result = _run_level(args, protocol, users, out)
-            results.append(result)
-            print(
-                f"bench: {protocol} u={users}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                f"p99 {result.p99_ms:.2f} ms, failures {result.failures}, live accuracy "
-                f"{result.live_accuracy:.4f}, Locust CPU {result.generator_cpu_cores:.2f} cores",
-                flush=True,
-            )
+    server: StartedServer | None = None
+    if args.model_base_path:
+        print(f"bench: starting the server over {args.model_base_path} ...", flush=True)
+        server = start_server(args.model_base_path, args.model_name, out / "server.log", args.server_args)
+        args.rest, args.grpc, args.server_pid = server.rest_url, server.grpc_target, server.pid
+    try:
+        check_server(args, protocols)
+        results = _run_levels(args, protocols, levels, out)
+    finally:
+        if server is not None:
+            print(f"bench: stopping the server (exit status {server.stop()})", flush=True)
+    batch = args.images_per_request
     generator = f"{args.workers} Locust worker process(es) + master" if args.workers else "one Locust process"
+    which = f"our server started over {args.model_base_path}" if server else "the server"
+    cpu = "server CPU = its process tree's user+sys time" if args.server_pid else "server CPU not measured"
     header = (
         f"Benchmark: {', '.join(protocols)} at {', '.join(map(str, levels))} closed-loop users, "
-        f"{args.duration:g} s each, {generator}, {os.cpu_count()} CPU cores shared with the "
-        f"server; one MNIST test digit per request."
+        f"{args.duration:g} s each, {generator}, {os.cpu_count()} CPU cores shared with {which}; "
+        f"{batch} MNIST test digit{'s' if batch > 1 else ''} per request; {cpu}."
     )
     csv_path, md_path, png_path = write_report(results, out, header)
     print(md_path.read_text())
@@ -471,3 +348,22 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"error: the benchmark saw {'; '.join(problems)}", file=sys.stderr)
         return EXIT_UNHEALTHY
     return EXIT_OK
+
+
+def _run_levels(
+    args: argparse.Namespace, protocols: list[str], levels: list[int], out: Path
+) -> list[LevelResult]:
+    results: list[LevelResult] = []
+    for protocol in protocols:
+        for users in levels:
+            print(f"bench: {protocol} with {users} users for {args.duration:g} s ...", flush=True)
+            result = run_level(args, protocol, users, out)
+            results.append(result)
+            print(
+                f"bench: {protocol} u={users}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+                f"p99 {result.p99_ms:.2f} ms, failures {result.failures}, live accuracy "
+                f"{result.live_accuracy:.4f}, Locust CPU {result.generator_cpu_cores:.2f} cores, "
+                f"server CPU {result.server_cpu_us_per_request:.0f} µs/req",
+                flush=True,
+            )
+    return results

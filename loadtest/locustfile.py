@@ -1,37 +1,32 @@
 """The Locust file: REST and gRPC users sending MNIST test digits, plus live-accuracy statistics.
 
-Run it alone, or as master + workers (what the Kubernetes manifests run), from the repo root:
+Run it alone, or as master + workers (what the Kubernetes manifests run), from the repo root
+(the project is installed, so this file imports ``loadtest`` and ``client`` like any module):
 
-  locust -f client/locustfile.py --headless -u 8 -r 8 -t 30s \
+  locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s \
       --host http://127.0.0.1:8501 --grpc-target 127.0.0.1:8500 --mnist-dir data/mnist \
       --live-stats-file reports/live.json RestDigitsUser GrpcDigitsUser
 
-  locust -f client/locustfile.py --master --expect-workers 2 --headless ...   # + the same args
-  locust -f client/locustfile.py --worker --master-host MASTER                # x2
+  locust -f loadtest/locustfile.py --master --expect-workers 2 --headless ...   # + the same args
+  locust -f loadtest/locustfile.py --worker --master-host MASTER                # x2
 
-Workers receive the custom options below from the master. ``python -m client bench`` drives this
-file at several concurrency levels and writes the report.
+Workers receive the custom options below from the master. ``python -m loadtest`` (the benchmark,
+:mod:`loadtest.bench`) drives this file at several concurrency levels and writes the report.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
-import sys
-from pathlib import Path
 
 from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-# Locust imports this file by path; make the repository root importable when run from elsewhere.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
-
-import contract  # noqa: E402
-from client.locust_stats import REPORT_KEY  # noqa: E402
-from client.locust_users import (  # noqa: E402
+import contract
+from contract.mnist import DataError
+from loadtest.stats import REPORT_KEY
+from loadtest.users import (
     DEFAULT_SAMPLE,
     GRPC,
     REST,
@@ -40,7 +35,6 @@ from client.locust_users import (  # noqa: E402
     RestDigitsUser,
     live_stats,
 )
-from contract.mnist import DataError  # noqa: E402
 
 __all__ = ["GrpcDigitsUser", "RestDigitsUser"]
 
@@ -68,6 +62,13 @@ def _add_arguments(parser) -> None:  # noqa: ANN001  (Locust's configargparse pa
         default=DEFAULT_SAMPLE,
         env_var="LOCUST_MNIST_SAMPLE",
         help="how many MNIST test digits each process cycles through",
+    )
+    group.add_argument(
+        "--images-per-request",
+        type=int,
+        default=1,
+        env_var="LOCUST_IMAGES_PER_REQUEST",
+        help=f"digits per predict request (1..{contract.MAX_BATCH_SIZE}; default 1)",
     )
     group.add_argument("--model-name", default=contract.MODEL_NAME, env_var="LOCUST_MODEL_NAME")
     group.add_argument("--request-timeout", type=float, default=10.0, help="gRPC deadline per call, seconds")
@@ -127,6 +128,11 @@ def _on_init(environment: Environment, **_kwargs: object) -> None:
     def _stop(environment: Environment, **_kw: object) -> None:
         if cpu_at_start:
             stats.add_generator_cpu(_cpu_seconds() - cpu_at_start.pop())
+        if isinstance(environment.runner, WorkerRunner):
+            # Report now, before the worker tells the master it stopped: its next periodic report
+            # can come after the master has written the totals and quit (seen on a busy machine:
+            # a worker's last seconds and its CPU missing). Locust has no public call for this.
+            environment.runner._send_stats()
 
     @environment.events.quit.add_listener
     def _write(exit_code: int, **_kw: object) -> None:

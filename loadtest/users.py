@@ -7,11 +7,12 @@
 
 A protocol error (HTTP/gRPC error status, an answer not shaped like TF Serving's) is a Locust
 failure; a well-formed answer with the wrong digit is a success for Locust and is counted in
-:mod:`client.locust_stats` as live accuracy instead. Users are closed-loop (no wait): the number
+:mod:`loadtest.stats` as live accuracy instead. Users are closed-loop (no wait): the number
 of users is the number of requests in flight.
 
 Requests are encoded once per process (``DigitPool``) so the load generator spends its CPU on
-sending, not on JSON encoding, and the server is what gets measured.
+sending, not on JSON encoding, and the server is what gets measured. A request carries one digit,
+or ``--images-per-request`` digits (a batch: every digit of the answer is checked).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from client import grpc_client, rest_client  # noqa: E402
 from client.api import ModelSpec, Prediction  # noqa: E402
 from client.grpc_client import GrpcClient, predict_request  # noqa: E402
 from client.grpc_client import parse_predict_response as parse_grpc_answer  # noqa: E402
-from client.locust_stats import LiveStats  # noqa: E402
 from client.rest_client import model_path, predict_body  # noqa: E402
 from client.rest_client import parse_predict_response as parse_rest_answer  # noqa: E402
 from contract.errors import DigitsError, ProtocolError  # noqa: E402
 from contract.mnist import load_split, to_model_input  # noqa: E402
+from loadtest.stats import LiveStats  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class _Defaults:
     grpc_target = ""
     request_timeout = 10.0
     live_stats_file = ""
+    images_per_request = 1
 
 
 def live_stats(environment: Environment) -> LiveStats:
@@ -82,49 +84,72 @@ def live_stats(environment: Environment) -> LiveStats:
 
 
 class DigitPool:
-    """A fixed random sample of MNIST test digits with their requests encoded once."""
+    """A fixed random sample of MNIST test digits with their requests encoded once.
+
+    With ``images_per_request`` B > 1, request k carries the sample's digits k*B ... k*B+B-1
+    (wrapping around at the end), so cycling through the requests walks through the sample.
+    """
 
     _cache: dict[tuple[Any, ...], DigitPool] = {}
 
-    def __init__(self, mnist_dir: str | None, sample: int, spec: ModelSpec) -> None:
+    def __init__(
+        self, mnist_dir: str | None, sample: int, spec: ModelSpec, images_per_request: int = 1
+    ) -> None:
+        if not 1 <= images_per_request <= contract.MAX_BATCH_SIZE:
+            raise ValueError(
+                f"images per request must be 1..{contract.MAX_BATCH_SIZE}, got {images_per_request}"
+            )
         images, labels = load_split("t10k", mnist_dir)
         rng = np.random.default_rng(_SAMPLE_SEED)
         count = min(max(sample, 1), len(images))
         self.indices = rng.choice(len(images), size=count, replace=False)
         pixels = to_model_input(images[self.indices])
         self.labels = labels[self.indices].astype(int).tolist()
+        self.images_per_request = images_per_request
         self.rest_path = model_path(spec) + ":predict"
+        # Sample positions carried by each request: one each, or B consecutive ones.
+        self.positions: list[np.ndarray] = [
+            np.arange(k, k + images_per_request) % count for k in range(0, count, images_per_request)
+        ]
         self.rest_bodies: list[bytes] = []
         self.grpc_requests = []
-        for k, image in enumerate(pixels):
-            self.rest_bodies.append(predict_body(image[np.newaxis], spec))
-            self.grpc_requests.append(predict_request(image[np.newaxis], spec))
-            if k % 50 == 49:
+        encoded = 0
+        for positions in self.positions:
+            batch = pixels[positions]
+            self.rest_bodies.append(predict_body(batch, spec))
+            self.grpc_requests.append(predict_request(batch, spec))
+            encoded += len(positions)
+            if encoded >= 50:
                 # Let Locust's heartbeat greenlet run: on a busy machine a worker that is silent
                 # for 3 s is declared missing and the master stops the test.
                 gevent.sleep(0)
+                encoded = 0
         self._walk = itertools.count()
-        log.info("encoded %d MNIST test digits for REST and gRPC", count)
+        log.info(
+            "encoded %d MNIST test digits for REST and gRPC, %d per request",
+            count,
+            images_per_request,
+        )
 
     @classmethod
     def get(cls, environment: Environment) -> DigitPool:
         opts = options(environment)
         spec = ModelSpec(name=opts.model_name)
-        key = (opts.mnist_dir, int(opts.mnist_sample), spec)
+        key = (opts.mnist_dir, int(opts.mnist_sample), spec, int(opts.images_per_request))
         if key not in cls._cache:
-            cls._cache[key] = cls(opts.mnist_dir, int(opts.mnist_sample), spec)
+            cls._cache[key] = cls(opts.mnist_dir, int(opts.mnist_sample), spec, int(opts.images_per_request))
         return cls._cache[key]
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def next_position(self) -> int:
-        """The next digit to send, cycling through the sample in its fixed order."""
-        return next(self._walk) % len(self.labels)
+    def next_request(self) -> int:
+        """The next request to send, cycling through the sample in its fixed order."""
+        return next(self._walk) % len(self.positions)
 
 
 class _DigitsUserMixin:
-    """Takes the next digit of the process's walk through the pool.
+    """Takes the next request of the process's walk through the pool.
 
     One walk per process, not one per user: whatever the run's length, the digits sent are the
     first N of the same fixed sample, so live accuracy is reproducible rather than depending on
@@ -139,29 +164,31 @@ class _DigitsUserMixin:
     def _next(self) -> int:
         if self.pool is None:  # looked up once per user: the lookup costs more than a send
             self.pool = DigitPool.get(self.environment)
-        return self.pool.next_position()
+        return self.pool.next_request()
 
-    def _count(self, position: int, digit: int) -> None:
-        live_stats(self.environment).answer(
-            self.protocol,
-            index=int(self.pool.indices[position]),
-            label=self.pool.labels[position],
-            digit=digit,
-        )
+    def _count(self, request: int, digits: np.ndarray) -> None:
+        stats = live_stats(self.environment)
+        for position, digit in zip(self.pool.positions[request], digits.tolist(), strict=True):
+            stats.answer(
+                self.protocol,
+                index=int(self.pool.indices[position]),
+                label=self.pool.labels[position],
+                digit=int(digit),
+            )
 
 
 class RestDigitsUser(_DigitsUserMixin, FastHttpUser):
-    """POSTs one MNIST test digit per request to TF Serving's REST ``:predict``."""
+    """POSTs MNIST test digits (one per request by default) to TF Serving's REST ``:predict``."""
 
     protocol = REST
     wait_time = constant(0)
 
     @task
     def predict(self) -> None:
-        position = self._next()
+        request = self._next()
         with self.client.post(
             self.pool.rest_path,
-            data=self.pool.rest_bodies[position],
+            data=self.pool.rest_bodies[request],
             headers={"Content-Type": "application/json"},
             name=REST_NAME,
             catch_response=True,
@@ -170,11 +197,13 @@ class RestDigitsUser(_DigitsUserMixin, FastHttpUser):
                 response.failure(f"HTTP {response.status_code}: {_error_text(response)}")
                 return
             try:
-                answer = parse_rest_answer(json.loads(response.content or b"null"), expected=1)
+                answer = parse_rest_answer(
+                    json.loads(response.content or b"null"), expected=self.pool.images_per_request
+                )
             except (ValueError, ProtocolError) as exc:
                 response.failure(f"malformed answer: {exc}")
                 return
-        self._count(position, int(answer.digits[0]))
+        self._count(request, answer.digits)
 
 
 def _error_text(response: Any) -> str:
@@ -223,7 +252,7 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
 
 
 class GrpcDigitsUser(_DigitsUserMixin, User):
-    """Calls TF Serving's gRPC ``Predict`` with one MNIST test digit per request.
+    """Calls TF Serving's gRPC ``Predict`` with MNIST test digits (one per request by default).
 
     The target is ``--grpc-target`` or, without it, the ``--host``'s name with the gRPC port.
     """
@@ -243,22 +272,22 @@ class GrpcDigitsUser(_DigitsUserMixin, User):
 
     def _check_answer(self, method: str, response: Any) -> None:
         """Decode the answer once, inside the timed call: a malformed one is a Locust failure."""
-        if method == contract.PREDICT_RPC:
-            self._answer = parse_grpc_answer(response, expected=1)  # ProtocolError if malformed
+        if method == contract.PREDICT_RPC:  # ProtocolError if malformed
+            self._answer = parse_grpc_answer(response, expected=self.pool.images_per_request)
 
     def on_stop(self) -> None:
         self.grpc_client.close()
 
     @task
     def predict(self) -> None:
-        position = self._next()
+        request = self._next()
         self._answer = None
         try:
-            self.grpc_client.send_predict(self.pool.grpc_requests[position])
+            self.grpc_client.send_predict(self.pool.grpc_requests[request])
         except DigitsError:
             return  # already reported to Locust as a failure by the interceptor
         if self._answer is not None:
-            self._count(position, int(self._answer.digits[0]))
+            self._count(request, self._answer.digits)
 
 
 def grpc_target(explicit: str, host: str | None) -> str:

@@ -1,13 +1,12 @@
 """Short real Locust runs against the real server on loopback; their statistics read back.
 
 Bounded: a few seconds of load per run (``--run-time``), two or three users, and the processes
-are ended if they overrun.
+are ended if they overrun. Locust runs with the installed ``loadtest`` package: no PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client.cli import EXIT_OK
-from client.locust_stats import read_live_stats
+from loadtest.stats import read_live_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -32,7 +31,7 @@ def test_bench_runs_master_and_workers_over_both_protocols(
     out = tmp_path / "bench"
     result = subprocess.run(
         [
-            sys.executable, "-m", "client", "bench",
+            sys.executable, "-m", "loadtest",
             "--rest", running_server.rest_url, "--grpc", running_server.grpc_target,
             "--users", "3", "--duration", "3", "--workers", "2",
             "--mnist-dir", str(mnist_dir), "--out", str(out),
@@ -67,12 +66,11 @@ def test_bench_runs_master_and_workers_over_both_protocols(
 
 
 def test_locustfile_runs_alone_with_both_users(running_server, mnist_dir: Path, tmp_path: Path) -> None:
-    """The plain ``locust -f client/locustfile.py`` form, one local process, both user classes."""
+    """The plain ``locust -f loadtest/locustfile.py`` form, one local process, both user classes."""
     live_file = tmp_path / "live.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [
-            sys.executable, "-m", "locust", "-f", "client/locustfile.py", "--headless",
+            sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
             "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "5",
             "--host", running_server.rest_url, "--grpc-target", running_server.grpc_target,
             "--mnist-dir", str(mnist_dir), "--mnist-sample", "200",
@@ -80,7 +78,7 @@ def test_locustfile_runs_alone_with_both_users(running_server, mnist_dir: Path, 
             "--only-summary", "--loglevel", "WARNING",
             "RestDigitsUser", "GrpcDigitsUser",
         ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "run_stats.csv", newline="") as f:
@@ -92,3 +90,40 @@ def test_locustfile_runs_alone_with_both_users(running_server, mnist_dir: Path, 
     for protocol in ("REST", "gRPC"):
         assert summary[protocol]["answers"] > 20
         assert summary[protocol]["accuracy"] > 0.95
+
+
+def test_bench_starts_its_own_server_and_sends_batches(
+    model_base_path: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """``--model-base-path``: our server is started, measured without a pid given, and stopped;
+    ``--images-per-request``: every digit of every batched answer is checked."""
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "loadtest", "--model-base-path", str(model_base_path),
+            "--server-args", "--num_workers 1 --access_log false",
+            "--users", "2", "--duration", "3", "--workers", "0", "--images-per-request", "8",
+            "--mnist-dir", str(mnist_dir), "--out", str(out),
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == EXIT_OK, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stopping the server (exit status 0)" in result.stdout, result.stdout[-3000:]
+    with open(out / "report.csv", newline="") as f:
+        rows = {row["protocol"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"REST", "gRPC"}
+    for row in rows.values():
+        requests = int(row["requests"])
+        assert requests > 10 and int(row["failures"]) == 0, row
+        assert int(row["images_per_request"]) == 8
+        # 8 digits checked per answer (answers still in flight at the stop may land on either side)
+        assert abs(int(row["answers"]) - 8 * requests) <= 8 * 10, row
+        assert float(row["images_per_s"]) == pytest.approx(8 * float(row["rps"]))
+        assert float(row["live_accuracy"]) > 0.95, row
+        assert float(row["server_cpu_us_per_request"]) > 0  # measured by default: we know its pid
+        assert float(row["server_cpu_us_per_image"]) == pytest.approx(
+            float(row["server_cpu_us_per_request"]) / 8
+        )
+    report = (out / "report.md").read_text()
+    assert "8 MNIST test digits per request" in report and "| images/req |" in report
+    assert "lenet5" in (out / "server.log").read_text()

@@ -1,8 +1,7 @@
-"""Live statistics (accuracy, fine latency) and the benchmark report files, without a server."""
+"""Live statistics Locust does not keep: fine latency percentiles and live accuracy, merged across workers."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.bench import LevelResult, parse_levels, write_report
-from client.locust_stats import LatencyHistogram, LiveStats, read_live_stats
+from loadtest.stats import LatencyHistogram, LiveStats, read_live_stats
 
 
 def test_histogram_percentiles_within_one_percent() -> None:
@@ -62,51 +60,3 @@ def test_worker_reports_merge_to_the_same_totals(tmp_path: Path) -> None:
     written = read_live_stats(path)
     assert written["summary"]["gRPC"]["wrong"] == expected["gRPC"]["wrong"]
     assert written["generator"]["processes"] == 2
-
-
-def test_levels_are_checked() -> None:
-    assert parse_levels("16,1,4,4") == [1, 4, 16]
-    for bad in ("", "0", "a,b", "-1"):
-        with pytest.raises(ValueError):
-            parse_levels(bad)
-
-
-def test_report_files(tmp_path: Path) -> None:
-    results = [
-        LevelResult(
-            protocol=protocol,
-            users=users,
-            duration_s=5,
-            requests=1000 * users,
-            failures=0,
-            rps=200.0 * users,
-            p50_ms=1.0 + users / 10,
-            p90_ms=2.0 + users / 10,
-            p99_ms=4.0 + users / 10,
-            max_ms=9.0 + users,
-            answers=1000 * users,
-            wrong_digits=12 * users,
-            live_accuracy=0.988,
-            generator_cpu_cores=0.3,
-            generator_cpu_us_per_request=300.0,
-            generator_processes=2,
-            server_cpu_us_per_request=math.nan,
-            load_average=1.5,
-            locust_exit_code=0,
-        )
-        for protocol in ("REST", "gRPC")
-        for users in (1, 4)
-    ]
-    csv_path, md_path, png_path = write_report(results, tmp_path, "Benchmark: test")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["protocol"], int(r["users"])) for r in rows] == [
-        ("REST", 1),
-        ("REST", 4),
-        ("gRPC", 1),
-        ("gRPC", 4),
-    ]
-    markdown = md_path.read_text()
-    assert "| gRPC | 4 | 4000 | 0 | 800 | 1.40 | 2.40 | 4.40 |" in markdown
-    assert "—" in markdown  # no server pid: no server CPU figure, said so rather than 0
-    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000

@@ -1,0 +1,72 @@
+"""``python -m loadtest`` / ``digits-loadtest``: the serving benchmark (see :mod:`loadtest.bench`).
+
+Usage:
+  # against a running server (its pid, for the server's CPU per request)
+  python -m loadtest --rest http://127.0.0.1:8501 --grpc 127.0.0.1:8500 --server-pid PID \\
+      --users 1,4,16 --duration 10 --out reports/bench
+  # or start our server over a model repository, measure it, stop it
+  python -m loadtest --model-base-path models/lenet5 --server-args "--access_log false"
+  # 64 digits per request, gRPC only
+  python -m loadtest --model-base-path models/lenet5 --protocols grpc --users 1,4 \\
+      --images-per-request 64 --out reports/bench-batch64
+
+Exit codes are the client CLI's (``python -m client --help``): 0 every level ran with zero
+failures, 6 the benchmark saw failures, 5 the server could not be reached, 2 a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from client.cli import EXIT_CODES, EXIT_INTERNAL, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
+from contract.errors import DigitsError, ServingError
+from loadtest.bench import add_arguments, run_bench
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="Run Locust headless against a server over REST and gRPC at several "
+        "concurrency levels; write a CSV + markdown report and a latency plot.",
+        epilog=f"exit codes:\n{codes}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return run_bench(args)
+    except ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE if exc.unreachable else EXIT_REJECTED
+    except ValueError as exc:  # an option refused before anything was sent
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DigitsError, OSError) as exc:  # OSError: e.g. a report directory not writable
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # e.g. a Locust run that wrote nothing: one line, its log named
+        log.debug("unexpected error", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The benchmark's results and report files: one :class:`LevelResult` per protocol and level.
+
+``write_report`` writes ``report.csv`` (every field), ``report.md`` (a header saying how the run
+was made, then one table row per level) and ``latency.png`` (latency percentiles and throughput
+against concurrency). Nothing here talks to a server or starts Locust.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib.ticker
+from matplotlib.figure import Figure  # the object API: no pyplot, no display, no global state
+
+from client.grpc_client import PROTOCOL as GRPC
+from client.rest_client import PROTOCOL as REST
+
+
+@dataclass
+class LevelResult:
+    """One protocol at one concurrency level."""
+
+    protocol: str
+    users: int
+    images_per_request: int
+    duration_s: float
+    requests: int
+    failures: int
+    rps: float
+    images_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    answers: int  # digits checked (images, not requests)
+    wrong_digits: int
+    live_accuracy: float
+    generator_cpu_cores: float  # CPU seconds of all Locust processes / test seconds
+    generator_cpu_us_per_request: float
+    generator_processes: int
+    server_cpu_us_per_request: float  # NaN when the server's pid is unknown
+    server_cpu_us_per_image: float
+    load_average: float  # the machine's 1-minute load at the end: others' work shows here
+    locust_exit_code: int
+
+
+# (field, markdown title, format); the batch columns only when some request carried several images
+COLUMNS = [
+    ("protocol", "protocol", "{}"),
+    ("users", "users", "{}"),
+    ("images_per_request", "images/req", "{}"),
+    ("requests", "requests", "{}"),
+    ("failures", "failures", "{}"),
+    ("rps", "req/s", "{:.0f}"),
+    ("images_per_s", "images/s", "{:.0f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p90_ms", "p90 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("max_ms", "max ms", "{:.1f}"),
+    ("live_accuracy", "live accuracy", "{:.4f}"),
+    ("wrong_digits", "wrong digits", "{}"),
+    ("generator_cpu_cores", "Locust CPU (cores)", "{:.2f}"),
+    ("generator_cpu_us_per_request", "Locust CPU µs/req", "{:.0f}"),
+    ("server_cpu_us_per_request", "server CPU µs/req", "{:.0f}"),
+    ("server_cpu_us_per_image", "server CPU µs/image", "{:.1f}"),
+    ("load_average", "load avg (1 min)", "{:.1f}"),
+]
+BATCH_ONLY = {"images_per_request", "images_per_s", "server_cpu_us_per_image"}
+
+
+def _cell(fmt: str, value: object) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "—"
+    return fmt.format(value)
+
+
+def markdown_table(results: list[LevelResult]) -> str:
+    batched = any(r.images_per_request > 1 for r in results)
+    columns = [c for c in COLUMNS if batched or c[0] not in BATCH_ONLY]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |"]
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for r in results:
+        lines.append("| " + " | ".join(_cell(fmt, getattr(r, key)) for key, _, fmt in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: list[LevelResult], out: Path, header: str) -> tuple[Path, Path, Path]:
+    """report.csv, report.md and latency.png in ``out``."""
+    csv_path, md_path, png_path = out / "report.csv", out / "report.md", out / "latency.png"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
+        writer.writeheader()
+        for r in results:
+            writer.writerow(asdict(r))
+    md_path.write_text(f"{header}\n\n{markdown_table(results)}\n")
+    plot(results, png_path)
+    return csv_path, md_path, png_path
+
+
+def plot(results: list[LevelResult], path: Path) -> None:
+    """Latency percentiles (log scale) and throughput against the number of users."""
+    batched = any(r.images_per_request > 1 for r in results)
+    fig = Figure(figsize=(11, 4.2))
+    lat, thr = fig.subplots(1, 2)
+    colours = {REST: "tab:blue", GRPC: "tab:orange"}
+    for protocol in (REST, GRPC):
+        rows = sorted((r for r in results if r.protocol == protocol), key=lambda r: r.users)
+        if not rows:
+            continue
+        users = [r.users for r in rows]
+        for key, style in (("p50_ms", "-"), ("p90_ms", "--"), ("p99_ms", ":")):
+            lat.plot(
+                users,
+                [getattr(r, key) for r in rows],
+                style,
+                marker="o",
+                color=colours[protocol],
+                label=f"{protocol} {key.split('_')[0]}",
+            )
+        rate = [r.images_per_s if batched else r.rps for r in rows]
+        thr.plot(users, rate, "-", marker="o", color=colours[protocol], label=protocol)
+    levels = sorted({r.users for r in results})
+    for axis in (lat, thr):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(n) for n in levels])
+        axis.set_xlabel("concurrent users (closed loop)")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    lat.set_yscale("log")
+    lat.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    lat.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    lat.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    lat.set_ylabel("latency (ms)")
+    lat.set_title("Latency percentiles vs concurrency")
+    thr.set_ylim(bottom=0)
+    thr.set_ylabel("images / s" if batched else "requests / s")
+    thr.set_title("Throughput vs concurrency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,148 @@
+"""The server under test: its CPU time, and our own ``python -m serving`` when the benchmark starts one.
+
+Server CPU per request is the user+system time of the server's main process and every process
+under it (workers, granian's processes), read before and after a test window: it does not depend
+on how fast the load generator is, which on a shared machine matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil  # a Locust dependency
+
+import contract
+from client.api import ModelSpec, connect
+from contract.errors import ServingError, Unavailable
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 90.0  # loading and warming a model on two busy cores
+SETTLE_S = 2.0  # after the first ready answer, so that every worker is up (one may answer first)
+STOP_TIMEOUT_S = 40.0
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) of a process and all its descendants so far; NaN when unknown."""
+    if pid is None:
+        return math.nan
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return math.nan
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:  # a process that ended in between took its time with it
+            continue
+        total += times.user + times.system
+    return total
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class StartedServer:
+    """A ``python -m serving`` process tree on loopback, started by the benchmark."""
+
+    process: subprocess.Popen
+    rest_url: str
+    grpc_target: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> int:
+        """SIGTERM (the server drains and exits), SIGKILL if it overruns; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("server %d did not stop within %.0f s; killing it", self.pid, STOP_TIMEOUT_S)
+                for child in psutil.Process(self.pid).children(recursive=True):
+                    child.kill()
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    model_base_path: str | Path, model_name: str, log_path: Path, extra_args: str = ""
+) -> StartedServer:
+    """Start our server over a model repository on free loopback ports; return once it serves."""
+    grpc_port, rest_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "serving",
+        "--model_name", model_name, "--model_base_path", str(model_base_path),
+        "--host", "127.0.0.1", "--port", str(grpc_port), "--rest_api_port", str(rest_port),
+        *shlex.split(extra_args),
+    ]  # fmt: skip
+    log.info("starting %s", " ".join(command))
+    with open(log_path, "wb") as log_file:  # the child keeps its own handle
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = StartedServer(process, f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", log_path)
+    try:
+        _wait_ready(server, model_name)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_ready(server: StartedServer, model_name: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with status {server.process.returncode}; its log "
+                f"{server.log_path}:\n{server.log_tail()}"
+            )
+        if _rest_ready(server.rest_url) and _grpc_available(server.grpc_target, model_name):
+            time.sleep(SETTLE_S)
+            return
+        time.sleep(0.3)
+    raise Unavailable(
+        f"the server started over the repository was not ready within {READY_TIMEOUT_S:.0f} s; "
+        f"its log {server.log_path}:\n{server.log_tail()}"
+    )
+
+
+def _rest_ready(rest_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(rest_url + contract.READINESS_PATH, timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _grpc_available(target: str, model_name: str) -> bool:
+    try:
+        with connect(grpc=target, spec=ModelSpec(name=model_name), timeout=2) as client:
+            return any(v.available for v in client.status())
+    except ServingError:
+        return False

@@ -1,0 +1,63 @@
+"""The benchmark's report files: CSV, markdown table (batch columns when batched) and the plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from loadtest.report import LevelResult, markdown_table, write_report
+
+
+def _result(protocol: str, users: int, images_per_request: int = 1) -> LevelResult:
+    return LevelResult(
+        protocol=protocol,
+        users=users,
+        images_per_request=images_per_request,
+        duration_s=5,
+        requests=1000 * users,
+        failures=0,
+        rps=200.0 * users,
+        images_per_s=200.0 * users * images_per_request,
+        p50_ms=1.0 + users / 10,
+        p90_ms=2.0 + users / 10,
+        p99_ms=4.0 + users / 10,
+        max_ms=9.0 + users,
+        answers=1000 * users * images_per_request,
+        wrong_digits=12 * users,
+        live_accuracy=0.988,
+        generator_cpu_cores=0.3,
+        generator_cpu_us_per_request=300.0,
+        generator_processes=2,
+        server_cpu_us_per_request=math.nan,
+        server_cpu_us_per_image=math.nan,
+        load_average=1.5,
+        locust_exit_code=0,
+    )
+
+
+def test_report_files(tmp_path: Path) -> None:
+    results = [_result(protocol, users) for protocol in ("REST", "gRPC") for users in (1, 4)]
+    csv_path, md_path, png_path = write_report(results, tmp_path, "Benchmark: test")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["protocol"], int(r["users"])) for r in rows] == [
+        ("REST", 1),
+        ("REST", 4),
+        ("gRPC", 1),
+        ("gRPC", 4),
+    ]
+    assert rows[0]["images_per_request"] == "1" and "server_cpu_us_per_image" in rows[0]
+    markdown = md_path.read_text()
+    assert markdown.startswith("Benchmark: test\n\n| protocol | users | requests |")
+    assert "| gRPC | 4 | 4000 | 0 | 800 | 1.40 | 2.40 | 4.40 |" in markdown
+    assert "images/req" not in markdown  # one image per request: no batch columns
+    assert "—" in markdown  # no server pid: no server CPU figure, said so rather than 0
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 10_000
+
+
+def test_report_of_batched_requests_shows_images() -> None:
+    table = markdown_table([_result("gRPC", 1, 64), _result("gRPC", 4, 64)])
+    header = table.splitlines()[0]
+    assert "| images/req |" in header and "| images/s |" in header and "server CPU µs/image" in header
+    assert "| gRPC | 4 | 64 | 4000 | 0 | 800 | 51200 | 1.40 |" in table
