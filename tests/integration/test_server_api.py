@@ -24,6 +24,7 @@ from contract import (
     INPUT_NAME,
     INPUT_SHAPE,
     LIVENESS_PATH,
+    MAX_BATCH_SIZE,
     METADATA_FIELD_SIGNATURE_DEF,
     METRICS_ALIAS_PATH,
     METRICS_PATH,
@@ -357,10 +358,12 @@ def test_malformed_grpc_requests_and_server_stays_healthy(running_server) -> Non
             info.value.code() != grpc.StatusCode.UNKNOWN or "deserial" in (info.value.details() or "").lower()
         )
         # An expired deadline is DEADLINE_EXCEEDED, and the server still answers afterwards.
+        # (a full batch: grpcio may round a 1 us deadline up to its timer's resolution, which a
+        # single image on an idle loopback can meet; 1024 images take milliseconds. A few
+        # tries: every failure must be DEADLINE_EXCEEDED, and at least one must fail)
         valid = pb.PredictRequest(model_spec=pb.ModelSpec(name=MODEL_NAME))
-        valid.inputs[INPUT_NAME].CopyFrom(make_tensor_proto(np.zeros((1, *INPUT_SHAPE), np.float32)))
-        # (a 1 us deadline can, rarely, be met by a call that is fast enough: a few tries, every
-        # failure must be DEADLINE_EXCEEDED, and at least one must fail)
+        batch = np.zeros((MAX_BATCH_SIZE, *INPUT_SHAPE), np.float32)
+        valid.inputs[INPUT_NAME].CopyFrom(make_tensor_proto(batch, use_tensor_content=True))
         codes = []
         for _ in range(5):
             try:
