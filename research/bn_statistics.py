@@ -9,6 +9,9 @@ reports validation and test accuracy with the running statistics it trained with
 statistics recomputed on the clean training images (training.models.set_clean_bn_statistics,
 what runs with clean_bn_statistics do at the end). The saved models and records are not changed.
 Runs that already used clean statistics report both figures from their result record.
+
+TensorFlow, Keras and the training modules are imported inside main(), so that --help answers
+at once; none of these imports breaks a cycle.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ runs' validation and test accuracies (from three runs on); and, for the run name
 --against (default: the grid's selected run, training.records.best), how many of its validation
 errors are errors of the other runs too. --figure draws the validation digits every run misses.
 The saved models and records are not changed.
+
+TensorFlow, Keras and the training modules are imported inside main(), so that --help answers
+at once; none of these imports breaks a cycle.
 """
 
 from __future__ import annotations

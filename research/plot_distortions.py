@@ -6,6 +6,9 @@ Rows: the original training images; the affine distortions (models.augmenter: ro
 zoom); elastic distortions (training.distortions, Simard's alpha 34, sigma 4); affine and
 elastic composed into one field and resampled once (what training uses); and the two chained,
 resampled twice, which blurs (the reason for composing them).
+
+TensorFlow, Keras and the training modules are imported inside main(), so that --help answers
+at once; none of these imports breaks a cycle.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ Usage examples::
 --grid takes a shipped grid's name (lab, quick, experiments: training/grids/*.toml) or the path
 of a grid file (format: training/grids/README.md); a grid's runs live in RUNS_DIR/<its name>.
 
+The training modules are imported inside main(), by the command that needs them, on purpose:
+``list``, ``grid`` and ``report`` never load TensorFlow (seconds of start-up; the grid's parent
+process stays light beside its children). None of these imports breaks a cycle.
+
 Every command reads MNIST from --data-dir (default $MNIST_DIR, else data/mnist; downloaded there
 if missing and the machine is online).
 """
