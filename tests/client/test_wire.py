@@ -25,14 +25,7 @@ from client.rest_client import (
 )
 from contract.codecs import make_ndarray, make_tensor_proto
 from contract.errors import (
-    Internal,
-    InvalidArgument,
-    NotFound,
     ProtocolError,
-    ResourceExhausted,
-    ServingError,
-    code_for_http,
-    error_for,
 )
 from contract.proto import digits_tfserving_pb2 as pb
 
@@ -199,23 +192,6 @@ def test_grpc_answer_and_metadata_any() -> None:
     parsed = parse_grpc_metadata(meta)
     output = parsed.signatures[contract.SIGNATURE_NAME].outputs[contract.OUTPUT_DIGIT]
     assert output.dtype == "DT_INT64" and output.shape == (None,)
-
-
-def test_error_family() -> None:
-    assert code_for_http(400) == "INVALID_ARGUMENT"
-    assert code_for_http(404) == "NOT_FOUND"
-    assert code_for_http(429) == "RESOURCE_EXHAUSTED"
-    assert code_for_http(503) == "UNAVAILABLE"
-    assert code_for_http(413) == "INVALID_ARGUMENT"
-    error = error_for("NOT_FOUND", "no version 9", protocol="REST")
-    assert isinstance(error, NotFound) and error.http_status == 404 and not error.unreachable
-    assert "no version 9" in str(error) and "NOT_FOUND" in str(error)
-    assert isinstance(error_for("RESOURCE_EXHAUSTED", "busy"), ResourceExhausted)
-    assert isinstance(error_for("OUT_OF_RANGE", "x"), InvalidArgument)
-    assert type(error_for("INTERNAL", "boom")) is Internal
-    assert type(error_for("UNIMPLEMENTED", "no")) is ServingError
-    assert error_for("UNIMPLEMENTED", "no").http_status == 501
-    assert error_for("DEADLINE_EXCEEDED", "slow").unreachable
 
 
 def _imports_in_fresh_python(code: str) -> None:

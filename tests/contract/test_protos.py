@@ -1,4 +1,4 @@
-"""The generated protobuf code is what scripts/gen_protos.py produces from protos/ today.
+"""The generated protobuf code is what scripts/gen_protos.py produces from contract/proto/*.proto.
 
 protoc runs in a subprocess: grpc_tools' compiler in the test process (beside TensorFlow's and
 our loaded protos) can crash the interpreter.
