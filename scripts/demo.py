@@ -147,11 +147,16 @@ def summary(args: argparse.Namespace, samples: list[dict], bench_dir: Path, vers
         lines.append("  wrong: " + ", ".join(wrong))
     report = bench_dir / "report.csv"
     if report.is_file():
-        lines += ["", "Load test (Locust, loopback, this machine's 2 cores shared with the server):"]
+        lines += ["", "Load test (Locust, loopback, load generator on the same 2 cores as the server):"]
         with report.open() as handle:
             for row in csv.DictReader(handle):
-                lines.append("  " + ", ".join(f"{k} {v}" for k, v in row.items()
-                                              if k in BENCH_COLUMNS and v != ""))
+                cpu = row.get("server_cpu_us_per_request") or "nan"
+                lines.append(
+                    f"  {row['protocol']:5s} {int(row['users']):2d} users: "
+                    f"{float(row['rps']):6,.0f} req/s, p50 {float(row['p50_ms']):5.2f} ms, "
+                    f"p99 {float(row['p99_ms']):6.2f} ms, {row['failures']} failures, "
+                    f"server CPU {float(cpu):4.0f} us/request, "
+                    f"live accuracy {float(row['live_accuracy']):.2%}")
     lines += ["", "Where things are:",
               f"  results   {grid_dir}/results.md (.csv, .json), figures {grid_dir}/*.png",
               f"  logs      tensorboard --logdir {grid_dir}",
@@ -161,9 +166,6 @@ def summary(args: argparse.Namespace, samples: list[dict], bench_dir: Path, vers
               f"Wall time: {elapsed:.0f} s ({elapsed / 60:.1f} min; the target is "
               f"{TARGET_S // 60} min on 2 cores: {'met' if elapsed <= TARGET_S else 'NOT met'})"]
     return "\n".join(lines)
-
-
-BENCH_COLUMNS = ("protocol", "users", "requests_per_s", "p50_ms", "p99_ms", "failures")
 
 
 def main() -> int:
