@@ -123,7 +123,8 @@ def summary(args: argparse.Namespace, samples: list[dict], bench_dir: Path, vers
     chosen = json.loads((grid_dir / "summary.json").read_text())["best"]
     card = json.loads((version_dir / contract.MODEL_CARD_FILENAME).read_text())
     lines = ["", "=" * 78, "digits demo: summary", "=" * 78, "",
-             "Quick grid (20,000 training images, 2-4 epochs; full validation and test sets):",
+             "Quick grid (training/grids/quick.toml: 20,000 training images, the lab's 5 epochs, "
+             "8 for the optimized run; full validation and test sets):",
              f"  {'run':44s} {'valid.':>7s} {'test':>7s} {'time':>6s}"]
     for r in results:
         if r.get("status") != "completed":
