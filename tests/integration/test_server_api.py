@@ -187,7 +187,10 @@ def test_access_log_has_one_shape_per_api_and_no_probes(running_server, images) 
         )(pb.GetModelStatusRequest(model_spec=pb.ModelSpec(name=MODEL_NAME)), timeout=30)
     deadline = time.monotonic() + 10
     while True:
-        lines = [json.loads(line) for line in running_server.log().splitlines() if line.startswith('{"api"')]
+        # split on newlines only: JSON strings may hold U+2028, U+0085... (fuzzed paths), which
+        # str.splitlines() would also split on
+        log_lines = running_server.log().split("\n")
+        lines = [json.loads(line) for line in log_lines if line.startswith('{"api"')]
         rest = [x for x in lines if x["api"] == "rest" and x["path"] == marker]
         grpc_lines = [x for x in lines if x["api"] == "grpc" and x["method"] == "status"]
         if (rest and grpc_lines) or time.monotonic() > deadline:
