@@ -36,6 +36,8 @@ serve: venv
 	$(BIN)/digits-serve --model_base_path $(PRETRAINED)
 
 test: venv
+	@# The browser tests drive Debian's chromium (tests/integration/test_web_page.py skips, saying so, without it).
+	@command -v chromium >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive timeout 900 sh -c 'apt-get update -qq && apt-get install -y -qq chromium' >/dev/null 2>&1 && echo "installed chromium"; } || echo "could not install chromium (apt-get as root): the browser tests will be skipped"
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest
