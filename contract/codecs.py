@@ -7,6 +7,7 @@ writes typed fields by default, as TF Serving answers.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ _NUMPY_BY_DTYPE: dict[int, np.dtype] = {
     pb.DT_BOOL: np.dtype(np.bool_),
 }
 _DTYPE_BY_NUMPY = {v: k for k, v in _NUMPY_BY_DTYPE.items()}
+# tensor_content is little-endian whatever the machine (tensor.proto).
+_LITTLE_ENDIAN = {k: v.newbyteorder("<") for k, v in _NUMPY_BY_DTYPE.items()}
 # The typed field each dtype travels in when tensor_content is empty (tensor.proto's comments).
 _TYPED_FIELD: dict[int, str] = {
     pb.DT_FLOAT: "float_val",
@@ -85,23 +88,30 @@ def make_tensor_proto(
     return proto
 
 
-def make_ndarray(proto: pb.TensorProto) -> np.ndarray:
-    """Decode a TensorProto from ``tensor_content`` or its typed field, checking the element count."""
+def make_ndarray(proto: pb.TensorProto, *, copy: bool = True) -> np.ndarray:
+    """Decode a TensorProto from ``tensor_content`` or its typed field, checking the element count.
+
+    ``copy=False``: an array decoded from ``tensor_content`` may be a read-only view of the
+    message's bytes (no copy: for a large batch the copy's fresh pages cost more than the rest of
+    the decoding). The server reads its inputs only; the default returns a writable array.
+    """
     dtype = numpy_dtype(proto.dtype)
-    if proto.tensor_shape.unknown_rank:
+    tensor_shape = proto.tensor_shape
+    if tensor_shape.unknown_rank:
         raise TensorCodecError("tensor shape has unknown rank; give its dimensions")
-    shape = tuple(d.size for d in proto.tensor_shape.dim)
-    if any(s < 0 for s in shape):
+    shape = tuple([d.size for d in tensor_shape.dim])
+    if shape and min(shape) < 0:
         raise TensorCodecError(f"tensor shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
-    if proto.tensor_content:
-        content = proto.tensor_content
+    count = math.prod(shape)  # exact (numpy's int64 product could wrap round for absurd shapes)
+    content = proto.tensor_content
+    if content:
         if len(content) != count * dtype.itemsize:
             raise TensorCodecError(
                 f"tensor_content holds {len(content)} bytes; shape {list(shape)} of "
                 f"{dtype_name(proto.dtype)} needs {count * dtype.itemsize}"
             )
-        return np.frombuffer(content, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+        array = np.frombuffer(content, dtype=_LITTLE_ENDIAN[proto.dtype]).astype(dtype, copy=copy)
+        return array.reshape(shape)
     values = getattr(proto, _TYPED_FIELD[proto.dtype])
     if proto.dtype == pb.DT_HALF:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)

@@ -1,7 +1,10 @@
 """``python -m loadtest`` / ``digits-loadtest``: the serving benchmark (see :mod:`loadtest.bench`).
 
 Usage:
-  # against a running server (its pid, for the server's CPU per request)
+  # the serving targets with wrk and h2load, interleaved with a baseline revision (see loadtest.perf)
+  python -m loadtest perf --model-base-path models/lenet5 --server-args "--access_log false" \\
+      --baseline-rev HEAD --rounds 3 --duration 5 --out reports/perf
+  # Locust: against a running server (its pid, for the server's CPU per request)
   python -m loadtest --rest http://127.0.0.1:8501 --grpc 127.0.0.1:8500 --server-pid PID \\
       --users 1,4,16 --duration 10 --out reports/bench
   # or start our server over a model repository, measure it, stop it
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 
 from client.cli import EXIT_CODES, EXIT_INTERNAL, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
 from contract.errors import DigitsError, ServingError
+from loadtest import generators, perf
 from loadtest.bench import add_arguments, run_bench
 
 log = logging.getLogger(__name__)
@@ -33,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest",
         description="Run Locust headless against a server over REST and gRPC at several "
-        "concurrency levels; write a CSV + markdown report and a latency plot.",
+        "concurrency levels; write a CSV + markdown report and a latency plot. "
+        "(`python -m loadtest perf --help`: the serving targets measured with wrk and h2load.)",
         epilog=f"exit codes:\n{codes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -42,14 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_perf_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest perf",
+        description="Measure the serving targets with C load generators (wrk for REST, h2load "
+        "for gRPC) against our server started over a model repository, optionally interleaved "
+        f"with a baseline server; write perf.md and perf.json. Note: {generators.INSTALL_HINT}.",
+        epilog="exit codes: 0 no failed request (targets are reported, not enforced), "
+        "6 failed requests, 2 bad command line or a generator missing, 1 anything else",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    perf.add_arguments(parser)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    perf_mode = argv[:1] == ["perf"]
+    args = build_perf_parser().parse_args(argv[1:]) if perf_mode else build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return run_bench(args)
+        return perf.run_perf(args, argv[1:]) if perf_mode else run_bench(args)
     except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if exc.unreachable else EXIT_REJECTED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import signal
 import socket
@@ -90,20 +91,40 @@ class StartedServer:
 
 
 def start_server(
-    model_base_path: str | Path, model_name: str, log_path: Path, extra_args: str = ""
+    model_base_path: str | Path,
+    model_name: str,
+    log_path: Path,
+    extra_args: str = "",
+    *,
+    source: Path | None = None,
 ) -> StartedServer:
-    """Start our server over a model repository on free loopback ports; return once it serves."""
+    """Start our server over a model repository on free loopback ports; return once it serves.
+
+    ``source``: run the server code of another source tree (e.g. a baseline revision exported
+    by the perf benchmark) instead of the installed one: it goes first on ``PYTHONPATH`` and is
+    the working directory, so ``python -m serving`` and its workers import from it.
+    """
     grpc_port, rest_port = free_port(), free_port()
     command = [
         sys.executable, "-m", "serving",
-        "--model_name", model_name, "--model_base_path", str(model_base_path),
+        "--model_name", model_name, "--model_base_path", str(Path(model_base_path).resolve()),
         "--host", "127.0.0.1", "--port", str(grpc_port), "--rest_api_port", str(rest_port),
         *shlex.split(extra_args),
     ]  # fmt: skip
-    log.info("starting %s", " ".join(command))
+    env = None
+    if source is not None:
+        source = Path(source).resolve()
+        path = os.pathsep.join(p for p in (str(source), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONPATH=path)
+    log.info("starting %s%s", " ".join(command), f" from {source}" if source else "")
     with open(log_path, "wb") as log_file:  # the child keeps its own handle
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=source,
+            env=env,
         )
     server = StartedServer(process, f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", log_path)
     try:

@@ -4,7 +4,8 @@ Our messages live in the ``digits.tfserving`` proto package (see protos/), so th
 method paths are bound here with generic handlers under the services
 ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and
 ``tensorflow.serving.ModelService`` (GetModelStatus). Each handler decodes, calls the data plane
-and encodes (``serving.tfserving_proto``); it never catches. One wrapper around every handler
+and encodes (``serving.tfserving_proto``; ``Predict`` writes its answer's wire bytes directly); it
+never catches. One wrapper around every handler
 translates errors (a ``ServingError`` aborts with its own code, anything unexpected with
 INTERNAL, so a bad request never surfaces as UNKNOWN) and observes the request once
 (``serving.observe``). The client's deadline is honoured.
@@ -32,7 +33,7 @@ from serving.tfserving_proto import (
     decode_inputs,
     decode_model_spec,
     metadata_response,
-    predict_response,
+    predict_response_bytes,
     status_response,
 )
 
@@ -44,6 +45,11 @@ HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.servi
 Handler = Callable[[Any, grpc.ServicerContext], Any]
 
 
+def _serialize(response: Any) -> bytes:
+    """A response message's wire bytes; a handler may also return them already written."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 class PredictionHandlers:
     """The three RPCs as plain functions of (request, context) over one data plane."""
 
@@ -51,9 +57,8 @@ class PredictionHandlers:
         self.dataplane = dataplane
         self.observer = RequestObserver("grpc", access_log)
 
-    def predict(
-        self, request: pb.PredictRequest, context: grpc.ServicerContext
-    ) -> pb.PredictResponse:
+    def predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> bytes:
+        """The ``PredictResponse`` as wire bytes, written directly (the same bytes protobuf writes)."""
         timeout = context.time_remaining()
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("deadline exceeded before the request was served")
@@ -67,7 +72,7 @@ class PredictionHandlers:
             output_filter=request.output_filter,
             timeout=timeout,
         )
-        return predict_response(name, answered, outputs)
+        return predict_response_bytes(name, answered, outputs)
 
     def metadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.ServicerContext
@@ -117,7 +122,7 @@ class PredictionHandlers:
             by_service.setdefault(service, {})[method] = grpc.unary_unary_rpc_method_handler(
                 self.translated(operation, handler),
                 request_deserializer=request_type.FromString,
-                response_serializer=lambda message: message.SerializeToString(),
+                response_serializer=_serialize,
             )
         return [grpc.method_handlers_generic_handler(s, m) for s, m in by_service.items()]
 

@@ -19,6 +19,7 @@ Metrics:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -58,10 +59,20 @@ LOAD_FAILURES = Counter(
 )
 
 
+# The labelled children per (api, method, code), looked up once: ``labels()`` costs more than
+# the increment itself on the hot path. (Children live as long as their metric; nothing here
+# removes labels.)
+_REQUEST_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
 def observe_request(api: str, method: str, code: str, seconds: float) -> None:
     """Count one finished request and its latency."""
-    REQUESTS.labels(api, method, code).inc()
-    LATENCY.labels(api, method).observe(seconds)
+    children = _REQUEST_CHILDREN.get((api, method, code))
+    if children is None:
+        children = (REQUESTS.labels(api, method, code), LATENCY.labels(api, method))
+        _REQUEST_CHILDREN[(api, method, code)] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def version_loaded(model: str, version: int, loaded: bool) -> None:

@@ -92,6 +92,10 @@ def test_official_tf_serving_stubs(running_server, images, reference) -> None:
         request.model_spec.signature_name = SIGNATURE_NAME
         request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(images))
         response = stub.Predict(request, timeout=30)
+        # Typed fields, as TF Serving answers (not tensor_content).
+        assert response.outputs[OUTPUT_PROBABILITIES].tensor_content == b""
+        assert len(response.outputs[OUTPUT_PROBABILITIES].float_val) == images.shape[0] * 10
+        assert list(response.outputs[OUTPUT_DIGIT].int64_val) == reference[OUTPUT_DIGIT].tolist()
         np.testing.assert_array_equal(
             tf.make_ndarray(response.outputs[OUTPUT_DIGIT]), reference[OUTPUT_DIGIT]
         )
@@ -137,6 +141,20 @@ def test_rest_row_columnar_grpc_and_runtime_agree(running_server, images, refere
         np.testing.assert_array_equal(probabilities, reference[OUTPUT_PROBABILITIES])
     assert [p[OUTPUT_DIGIT] for p in row["predictions"]] == reference[OUTPUT_DIGIT].tolist()
     assert columnar["outputs"][OUTPUT_DIGIT] == reference[OUTPUT_DIGIT].tolist()
+
+
+def test_predict_answer_bytes_are_what_protobuf_writes(running_server, images, reference) -> None:
+    """The server writes its PredictResponse bytes directly: byte for byte protobuf's own encoding."""
+    from serving.tfserving_proto import predict_response
+
+    base = Path(running_server.model_base_path)
+    request = pb.PredictRequest(model_spec=pb.ModelSpec(name=MODEL_NAME))
+    request.inputs[INPUT_NAME].CopyFrom(make_tensor_proto(images, use_tensor_content=True))
+    with grpc.insecure_channel(running_server.grpc_target) as channel:
+        raw = channel.unary_unary(PREDICT_RPC, request_serializer=pb.PredictRequest.SerializeToString)
+        wire = raw(request, timeout=30)  # no deserializer: the bytes as they came
+    expected = predict_response(MODEL_NAME, model_versions(base)[-1], reference)
+    assert wire == expected.SerializeToString(deterministic=True)
 
 
 def _proto_json(message) -> dict:

@@ -73,3 +73,15 @@ def test_fast_path_equals_general_path(rows: list, key: str, pretty: bool) -> No
         np.testing.assert_array_equal(parsed[2], _general(body))
     else:
         assert pretty  # only the pretty-printed bodies may fall back
+
+
+def test_integers_signs_and_exponents_convert_as_the_general_path() -> None:
+    """Large integers (beyond 2**53 and 2**63), -0.0 and exponents: the same float64 values."""
+    tokens = [b"12345678901234567890", b"9007199254740993", b"0", b"-0.0", b"1E-7", b"0.1e+2", b"1"]
+    numbers = b",".join(tokens[i % len(tokens)] for i in range(PIXELS))
+    body = b'{"inputs": [[' + numbers + b"]]}"
+    parsed = parse_predict_body(body)
+    assert parsed is not None
+    expected = _general(body)
+    np.testing.assert_array_equal(parsed[2], expected)
+    assert np.array_equal(np.signbit(parsed[2]), np.signbit(expected))

@@ -37,9 +37,11 @@ def dataplane(tiny_repository: Path) -> DataPlane:
     return DataPlane(repository)
 
 
-@pytest.fixture
-def client(dataplane: DataPlane) -> FlaskClient:
-    return create_app(dataplane, max_request_bytes=1 << 20, access_log=False).test_client()
+@pytest.fixture(params=[True, False], ids=["fast", "flask"])
+def client(dataplane: DataPlane, request: pytest.FixtureRequest) -> FlaskClient:
+    """The app with and without the predict fast path: every test here holds for both."""
+    app = create_app(dataplane, max_request_bytes=1 << 20, access_log=False, fast_predict=request.param)
+    return app.test_client()
 
 
 def _images(n: int) -> np.ndarray:
@@ -148,11 +150,12 @@ def _count(method: str, code: str) -> float:
         ("POST", PREDICT, b"x" * (2 << 20), 413, "predict", "INVALID_ARGUMENT"),
     ],
 )
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "flask"])
 def test_each_model_request_is_observed_once_with_its_code(
     dataplane: DataPlane, method: str, path: str, body, status: int, operation: str, code: str,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, fast: bool,
 ) -> None:
-    client = create_app(dataplane, max_request_bytes=1 << 20).test_client()
+    client = create_app(dataplane, max_request_bytes=1 << 20, fast_predict=fast).test_client()
     before = _count(operation, code)
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         response = client.open(path, method=method, data=body)

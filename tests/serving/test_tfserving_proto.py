@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from contract import (
     METADATA_FIELD_SIGNATURE_DEF,
@@ -18,7 +21,7 @@ from contract import (
     OUTPUT_PROBABILITIES,
     SIGNATURE_DEF_MAP_TYPE_URL,
 )
-from contract.codecs import make_ndarray
+from contract.codecs import make_ndarray, make_tensor_proto
 from contract.errors import InvalidArgument
 from contract.proto import digits_tfserving_pb2 as pb
 from contract.types import (
@@ -33,9 +36,11 @@ from contract.types import (
 )
 from serving.tfserving_proto import (
     check_metadata_fields,
+    decode_inputs,
     decode_model_spec,
     metadata_response,
     predict_response,
+    predict_response_bytes,
     signature_def_map,
     status_response,
 )
@@ -145,3 +150,67 @@ def test_metadata_fields_must_be_the_signature_map(fields: list[str], message: s
         check_metadata_fields(fields)
     assert message in info.value.message
     check_metadata_fields([METADATA_FIELD_SIGNATURE_DEF])
+
+
+# --- the wire bytes written directly must be protobuf's, byte for byte ------------------------
+# (its deterministic serialisation: map entries sorted by key; the default order is upb's hash
+# table's, seeded per process)
+def _outputs(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    probabilities = rng.random((batch, 10), dtype=np.float32)
+    return {OUTPUT_PROBABILITIES: probabilities, OUTPUT_DIGIT: probabilities.argmax(axis=1).astype(np.int64)}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 64, 1024])
+@pytest.mark.parametrize("keys", [(OUTPUT_PROBABILITIES, OUTPUT_DIGIT), (OUTPUT_DIGIT, OUTPUT_PROBABILITIES),
+                                  (OUTPUT_PROBABILITIES,), (OUTPUT_DIGIT,), ()])  # fmt: skip
+def test_predict_response_bytes_are_protobufs(batch: int, keys: tuple[str, ...]) -> None:
+    outputs = _outputs(batch, np.random.default_rng(batch))
+    outputs = {key: outputs[key] for key in keys}  # output_filter, in any order
+    for version in (0, 1, 7, 2**31, 2**62):
+        wire = predict_response_bytes(MODEL_NAME, version, outputs)
+        expected = predict_response(MODEL_NAME, version, outputs)
+        assert wire == expected.SerializeToString(deterministic=True)
+    parsed = pb.PredictResponse.FromString(wire)
+    assert set(parsed.outputs) == set(keys)
+    for key in keys:  # typed fields, as TF Serving answers
+        assert parsed.outputs[key].tensor_content == b""
+        np.testing.assert_array_equal(make_ndarray(parsed.outputs[key]), outputs[key])
+
+
+_ARRAYS = st.one_of(
+    hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+               elements=st.floats(width=32, allow_nan=False)),
+    hnp.arrays(np.int64, hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5)),
+    hnp.arrays(np.int64, hnp.array_shapes(max_dims=1, max_side=5), elements=st.integers(0, 127)),
+    hnp.arrays(st.sampled_from([np.float64, np.int32, np.uint8, np.float16]), hnp.array_shapes(max_dims=2)),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(min_size=0, max_size=20),
+    version=st.integers(-(2**63), 2**63 - 1),
+    probabilities=st.none() | _ARRAYS,
+    digit=st.none() | _ARRAYS,
+)
+def test_predict_response_bytes_match_protobuf_for_any_tensor(name, version, probabilities, digit) -> None:
+    """Odd names, versions, shapes (empty, 0-d), dtypes and values: protobuf's bytes, or its encoding."""
+    pairs = ((OUTPUT_PROBABILITIES, probabilities), (OUTPUT_DIGIT, digit))
+    outputs = {key: value for key, value in pairs if value is not None}
+    expected = predict_response(name, version, outputs).SerializeToString(deterministic=True)
+    assert predict_response_bytes(name, version, outputs) == expected
+
+
+def test_inputs_from_tensor_content_are_read_only_views_with_the_same_values() -> None:
+    """No copy of a request's pixels (a 64-image copy cost more than the rest of the decoding)."""
+    images = np.random.default_rng(5).random((64, 28, 28, 1), dtype=np.float32)
+    request = pb.PredictRequest()
+    request.inputs["image"].CopyFrom(make_tensor_proto(images, use_tensor_content=True))
+    (decoded,) = decode_inputs(request).values()
+    np.testing.assert_array_equal(decoded, images)
+    assert decoded.dtype == np.float32 and not decoded.flags.writeable
+    typed = pb.PredictRequest()
+    typed.inputs["image"].CopyFrom(make_tensor_proto(images[:2]))
+    np.testing.assert_array_equal(decode_inputs(typed)["image"], images[:2])
+    # The codec's default stays a writable copy (the clients' answers).
+    assert make_ndarray(request.inputs["image"]).flags.writeable

@@ -1,0 +1,395 @@
+"""``python -m loadtest perf``: the serving targets measured with C load generators.
+
+The Locust benchmark (:mod:`loadtest.bench`) spends as much CPU per request as the server does;
+this mode drives the server with wrk (REST) and h2load (gRPC) instead (:mod:`loadtest.generators`)
+and measures what docs/architecture.md sets targets for: requests/s, p50/p99 latency, and the
+server's CPU per request (user+sys of its whole process tree, read before and after each window,
+divided by the predict answers its own counters saw in that window), per scenario
+(:class:`loadtest.perf_report.Scenario`: REST and gRPC, one image at 1 and 16 connections, gRPC
+64 images per request).
+
+It starts our server over a model repository (``loadtest.server.start_server``, as the Locust mode
+does) and, for honest ratios, a baseline server in the same run: another git revision of this
+checkout (``--baseline-rev``, exported with ``git archive``), another source tree
+(``--baseline-source``), or the same code with other flags (``--baseline-server-args``). Rounds
+interleave: each round runs every scenario on both servers, the order alternating from round to
+round, so drift in the machine's load falls on both. Reported: medians per scenario and server,
+the per-round ratios new/baseline, the targets met or not. Without a second server,
+``--baseline-json`` compares with an earlier run's ``perf.json`` (not interleaved: less honest).
+
+Nothing fails silently: every window's answers are checked against the server's own counters
+(``serving_requests_total``: a gRPC error is an HTTP 200 that h2load counts as a success), and a
+real REST and gRPC predict is checked on every server before and after the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+import contract
+from client.api import ModelSpec, connect
+from client.cli import EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE
+from client.grpc_client import predict_request
+from client.rest_client import model_path, predict_body
+from contract.mnist import load_split, to_model_input
+from loadtest import generators as gen
+from loadtest.perf_report import BASELINE, NEW, Round, Scenario, markdown, parse_scenarios
+from loadtest.server import StartedServer, cpu_seconds, start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCENARIOS = "rest-c1,rest-c16,grpc-c1,grpc-c16,grpc-b64-c1"
+_COUNTER = re.compile(r"^serving_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)", re.M)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-base-path", required=True, metavar="DIR", help="the model repository both servers serve"
+    )
+    parser.add_argument("--model-name", default=contract.MODEL_NAME)
+    parser.add_argument(
+        "--server-args",
+        default="",
+        metavar="FLAGS",
+        help='flags of the server under test, e.g. "--access_log false"',
+    )
+    parser.add_argument(
+        "--source",
+        metavar="DIR",
+        help="run the server under test from this source tree instead of this checkout",
+    )
+    base = parser.add_argument_group("the baseline (optional; its rounds interleave with the new server's)")
+    base.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="a second server from this git revision of the checkout, e.g. HEAD",
+    )
+    base.add_argument(
+        "--baseline-source", metavar="DIR", help="a second server from this source tree (e.g. a git worktree)"
+    )
+    base.add_argument(
+        "--baseline-server-args",
+        metavar="FLAGS",
+        help="the baseline server's flags (default: --server-args); alone: the same code with these flags",
+    )
+    base.add_argument(
+        "--baseline-json",
+        metavar="FILE",
+        help="no second server: compare with an earlier run's perf.json (not interleaved)",
+    )
+    load = parser.add_argument_group("the load")
+    load.add_argument(
+        "--scenarios",
+        default=DEFAULT_SCENARIOS,
+        help=f"comma-separated rest|grpc[-bIMAGES]-cCONNECTIONS (default {DEFAULT_SCENARIOS})",
+    )
+    load.add_argument("--rounds", type=int, default=3, help="rounds per scenario and server (default 3)")
+    load.add_argument("--duration", type=int, default=5, help="seconds per round (default 5)")
+    load.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="seconds of each scenario on each server before the rounds (default 1; 0: none)",
+    )
+    load.add_argument("--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})")
+    load.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    parser.add_argument("--out", default="reports/perf", help="report directory (default reports/perf)")
+
+
+def check_arguments(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios to run; ValueError for a command line that cannot work."""
+    scenarios = parse_scenarios(args.scenarios)
+    if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
+        raise ValueError("--rounds and --duration must be >= 1, --warmup >= 0")
+    if args.baseline_rev and args.baseline_source:
+        raise ValueError("give --baseline-rev or --baseline-source, not both")
+    second = args.baseline_rev or args.baseline_source or args.baseline_server_args is not None
+    if args.baseline_json and second:
+        raise ValueError("--baseline-json compares with an earlier run: no baseline server with it")
+    return scenarios
+
+
+@dataclass
+class Inputs:
+    """The request files of one batch size, and the digits a correct server answers."""
+
+    rest_body: Path
+    wrk_script: Path
+    grpc_frame: Path
+    images: np.ndarray
+
+
+def prepare_inputs(sizes: set[int], mnist_dir: str | None, spec: ModelSpec, out: Path) -> dict[int, Inputs]:
+    """Bodies of the first MNIST test digits, as the client library encodes them."""
+    pixels = to_model_input(load_split("t10k", mnist_dir)[0][: max(sizes)])
+    inputs = {}
+    for n in sorted(sizes):
+        body, script, frame = out / f"rest-b{n}.json", out / f"wrk-b{n}.lua", out / f"grpc-b{n}.bin"
+        body.write_bytes(predict_body(pixels[:n], spec))
+        script.write_text(gen.wrk_script(body.resolve()))
+        frame.write_bytes(gen.grpc_frame(predict_request(pixels[:n], spec).SerializeToString()))
+        inputs[n] = Inputs(body, script, frame, pixels[:n])
+    return inputs
+
+
+def request_counts(text: str) -> dict[tuple[str, str, str], float]:
+    """``serving_requests_total`` of a Prometheus scrape: (api, method, code) -> count."""
+    counts: dict[tuple[str, str, str], float] = {}
+    for match in _COUNTER.finditer(text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        key = (labels.get("api", ""), labels.get("method", ""), labels.get("code", ""))
+        counts[key] = counts.get(key, 0.0) + float(match["value"])
+    return counts
+
+
+def scrape(rest_url: str) -> dict[tuple[str, str, str], float]:
+    """The request counters of our server at ``rest_url`` (all its processes: one scrape)."""
+    with urllib.request.urlopen(rest_url + contract.METRICS_PATH, timeout=30) as response:
+        return request_counts(response.read().decode())
+
+
+def served_delta(before: dict, after: dict, api: str) -> tuple[int, int]:
+    """(predict answers, of which not OK) of ``api`` between two scrapes."""
+    keys = {k for k in (*before, *after) if k[0] == api and k[1] == "predict"}
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys}
+    return round(sum(delta.values())), round(sum(v for k, v in delta.items() if k[2] != "OK"))
+
+
+def run_round(
+    server: StartedServer,
+    label: str,
+    scenario: Scenario,
+    inputs: Inputs,
+    args: argparse.Namespace,
+    index: int,
+    work: Path,
+) -> Round:
+    """One scenario on one server for ``--duration`` seconds (``index`` < 0: a warm-up)."""
+    duration = args.duration if index >= 0 else args.warmup
+    log_file = work / f"h2load-{label}-{scenario.name}.log"
+    log_file.unlink(missing_ok=True)  # never an earlier round's rows
+    if scenario.protocol == "rest":
+        url = server.rest_url + model_path(ModelSpec(name=args.model_name)) + ":predict"
+        command = gen.wrk_command(url, scenario.connections, duration, inputs.wrk_script, args.timeout)
+    else:
+        url = f"http://{server.grpc_target}{contract.PREDICT_RPC}"
+        command = gen.h2load_command(
+            url, scenario.connections, duration, inputs.grpc_frame, log_file, args.timeout
+        )
+    before = scrape(server.rest_url)
+    cpu_before = cpu_seconds(server.pid)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
+    cpu_s = cpu_seconds(server.pid) - cpu_before
+    after = scrape(server.rest_url)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited with {done.returncode}: {done.stderr.strip()[-800:]}")
+    try:
+        if scenario.protocol == "rest":
+            result = gen.parse_wrk(done.stdout)
+        else:
+            result = gen.parse_h2load(done.stdout, log_file.read_text() if log_file.exists() else "")
+    except ValueError as exc:  # not a bad command line: the generator said something unexpected
+        raise RuntimeError(str(exc)) from None
+    served, server_errors = served_delta(before, after, scenario.protocol)
+    return Round(label, scenario.name, index, scenario.images, result.requests, result.duration_s, result.rps,
+                 result.p50_ms, result.p99_ms, result.max_ms, result.errors, served, server_errors, cpu_s,
+                 os.getloadavg()[0], result.detail)  # fmt: skip
+
+
+def verify(server: StartedServer, label: str, inputs: dict[int, Inputs], args: argparse.Namespace) -> None:
+    """A real REST and a real gRPC predict per batch size: well-formed, the same digits on both."""
+    spec = ModelSpec(name=args.model_name)
+    for n, item in inputs.items():
+        with connect(rest=server.rest_url, spec=spec, timeout=args.timeout) as rest:
+            by_rest = rest.predict(item.images).digits
+        with connect(grpc=server.grpc_target, spec=spec, timeout=args.timeout) as grpc:
+            by_grpc = grpc.predict(item.images).digits
+        if by_rest.tolist() != by_grpc.tolist() or len(by_rest) != n:
+            raise RuntimeError(f"{label} server: REST answered {by_rest.tolist()}, gRPC {by_grpc.tolist()}")
+
+
+def export_revision(rev: str, destination: Path) -> str:
+    """``git archive`` of ``rev`` of this checkout into ``destination``; its short hash."""
+    sha = _git("rev-parse", "--short", rev)
+    tree = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True, check=True
+    ).stdout
+    shutil.rmtree(destination, ignore_errors=True)  # no file of an earlier export stays
+    destination.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
+        archive.extractall(destination, filter="data")
+    return sha
+
+
+def _git(*argv: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def _tool_version(command: list[str]) -> str:
+    """``wrk 4.1.0``: the tool and the first version number it prints."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=10)
+    except OSError:
+        return f"{command[0]} ?"
+    found = re.search(r"\d+\.\d+(?:\.\d+)?", done.stdout + done.stderr)
+    return f"{command[0]} {found[0] if found else '?'}"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = found[1].strip() if found else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def start_servers(args: argparse.Namespace, out: Path) -> list[tuple[str, StartedServer, str]]:
+    """(label, server, what it runs): the new server, and the baseline one when asked for."""
+    started = []
+    source = Path(args.source).resolve() if args.source else None
+    described = (
+        f"source tree {args.source}"
+        if source
+        else f"this checkout ({_git('describe', '--always', '--dirty')})"
+    )
+    flags = f" with `{args.server_args}`" if args.server_args else ""
+    server = start_server(
+        args.model_base_path, args.model_name, out / "server-new.log", args.server_args, source=source
+    )
+    started.append((NEW, server, described + flags))
+    if args.baseline_rev or args.baseline_source or args.baseline_server_args is not None:
+        source, what = None, "the same code"
+        if args.baseline_rev:
+            source = out / "baseline-src"
+            what = f"git {args.baseline_rev} ({export_revision(args.baseline_rev, source)})"
+        elif args.baseline_source:
+            source, what = Path(args.baseline_source).resolve(), f"source tree {args.baseline_source}"
+        flags = args.server_args if args.baseline_server_args is None else args.baseline_server_args
+        server = start_server(
+            args.model_base_path, args.model_name, out / "server-baseline.log", flags, source=source
+        )
+        started.append((BASELINE, server, what + (f" with `{flags}`" if flags else "")))
+    return started  # fmt: skip
+
+
+def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
+    """The benchmark; 0 when every window ran with zero errors (targets are reported, not enforced)."""
+    scenarios = check_arguments(args)
+    missing = gen.missing_tools()
+    if missing:
+        print(f"error: {', '.join(missing)} not found; {gen.INSTALL_HINT}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    (out / "work").mkdir(parents=True, exist_ok=True)
+    inputs = prepare_inputs(
+        {s.images for s in scenarios}, args.mnist_dir, ModelSpec(name=args.model_name), out / "work"
+    )
+    load_start = os.getloadavg()
+    print(f"perf: starting the server(s) over {args.model_base_path} ...", flush=True)
+    servers = start_servers(args, out)
+    rounds: list[Round] = []
+    try:
+        for label, server, _ in servers:
+            verify(server, label, inputs, args)
+        for scenario in scenarios if args.warmup else ():
+            for label, server, _ in servers:
+                run_round(server, label, scenario, inputs[scenario.images], args, -1, out / "work")
+        for index in range(args.rounds):
+            for scenario in scenarios:
+                order = servers if index % 2 == 0 else servers[::-1]
+                for label, server, _ in order:
+                    r = run_round(server, label, scenario, inputs[scenario.images], args, index, out / "work")
+                    rounds.append(r)
+                    _progress(r, args.rounds)
+        for label, server, _ in servers:
+            verify(server, label, inputs, args)
+    finally:
+        for label, server, _ in servers:
+            print(f"perf: stopping the {label} server (exit status {server.stop()})", flush=True)
+    baseline_text = next((what for label, _, what in servers if label == BASELINE), None)
+    if args.baseline_json:
+        rounds += load_baseline(Path(args.baseline_json))
+        baseline_text = f"the new server of the earlier run {args.baseline_json} (not interleaved)"
+    header = _header(args, argv, servers[0][2], baseline_text, load_start)
+    report = markdown(header, scenarios, rounds)
+    (out / "perf.md").write_text(report)
+    record = {
+        "header": header,
+        "scenarios": [s.name for s in scenarios],
+        "rounds": [r.as_dict() for r in rounds],
+    }
+    (out / "perf.json").write_text(json.dumps(record, indent=1, default=lambda x: None if x != x else x))
+    print(report)
+    print(f"report: {out / 'perf.md'}  {out / 'perf.json'}")
+    errors = sum(r.errors for r in rounds if r.server == NEW or not args.baseline_json)
+    if errors:
+        print(f"error: the benchmark saw {errors} failed requests (see the errors column)", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    return EXIT_OK
+
+
+def _progress(r: Round, rounds: int) -> None:
+    detail = f" ({r.detail})" if r.detail else ""
+    print(
+        f"perf: round {r.round + 1}/{rounds} {r.scenario} {r.server}: {r.rps:,.0f} req/s, "
+        f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, CPU {r.cpu_us_per_request:.0f} µs/req, "
+        f"errors {r.errors}{detail}",
+        flush=True,
+    )
+
+
+def load_baseline(path: Path) -> list[Round]:
+    """The new server's rounds of an earlier run, relabelled as the baseline."""
+    record = json.loads(path.read_text())
+    fields = Round.__dataclass_fields__
+    rows = []
+    for row in record["rounds"]:
+        if row["server"] == NEW:
+            values = {k: (math.nan if v is None else v) for k, v in row.items() if k in fields}
+            rows.append(Round(**{**values, "server": BASELINE}))
+    return rows
+
+
+def _header(
+    args: argparse.Namespace, argv: list[str], new: str, baseline: str | None, load_start: tuple
+) -> str:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    start, end = ("/".join(f"{x:.1f}" for x in load) for load in (load_start, os.getloadavg()))
+    lines = [
+        f"### {now[:10]} perf: {args.scenarios}",
+        "",
+        f"- date: {now}; machine: {machine()}; load average (1/5/15 min) {start} at the start, "
+        f"{end} at the end",
+        f"- command: `python -m loadtest perf {shlex.join(argv)}`",
+        f"- new: {new}; baseline: {baseline or 'none'}; model: {args.model_base_path}",
+        f"- load: {_tool_version(['wrk', '--version'])} for REST (one thread, POST of the row-format JSON), "
+        f"{_tool_version(['h2load', '--version'])} for gRPC (one thread, one stream per connection, "
+        "`tensor_content` PredictRequest frames); closed loop; the first MNIST test digits; "
+        f"{args.rounds} rounds of {args.duration} s per scenario and server"
+        + (", interleaved (the order alternating each round)" if baseline and not args.baseline_json else "")
+        + "; medians. Server CPU = user+sys of the server's whole process tree per predict answer "
+        "its own counters saw; errors = the generator's plus the server's non-OK answers.",
+    ]  # fmt: skip
+    return "\n".join(lines)

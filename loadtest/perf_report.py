@@ -1,0 +1,232 @@
+"""The perf benchmark's results: rounds, medians, ratios against the baseline, the targets.
+
+Nothing here runs a server or a generator (:mod:`loadtest.perf` does): a :class:`Round` is one
+scenario measured once on one server; ``summarise`` takes the median of each scenario's rounds
+per server and the per-round ratios new/baseline (rounds are paired by their index: round k of
+the new server ran next to round k of the baseline); ``markdown`` writes the table that goes
+into docs/performance.md, with the targets of docs/architecture.md checked (met / not met).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+NEW, BASELINE = "new", "baseline"
+_SCENARIO = re.compile(r"^(?P<protocol>rest|grpc)(?:-b(?P<images>\d+))?-c(?P<connections>\d+)$")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load: a protocol, closed-loop connections, images per request (``grpc-b64-c1``)."""
+
+    protocol: str
+    connections: int
+    images: int = 1
+
+    @property
+    def name(self) -> str:
+        batch = f"-b{self.images}" if self.images > 1 else ""
+        return f"{self.protocol}{batch}-c{self.connections}"
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        match = _SCENARIO.match(text.strip().lower())
+        if match is None:
+            raise ValueError(
+                f"a scenario is rest|grpc[-bIMAGES]-cCONNECTIONS (e.g. grpc-b64-c1), got {text!r}"
+            )
+        scenario = cls(match["protocol"], int(match["connections"]), int(match["images"] or 1))
+        if scenario.connections < 1 or not 1 <= scenario.images <= 1024:
+            raise ValueError(f"scenario {text!r}: connections >= 1 and 1..1024 images per request")
+        return scenario
+
+
+def parse_scenarios(text: str) -> list[Scenario]:
+    scenarios = [Scenario.parse(item) for item in text.split(",") if item.strip()]
+    if not scenarios:
+        raise ValueError("--scenarios names no scenario")
+    return list(dict.fromkeys(scenarios))
+
+
+@dataclass
+class Round:
+    """One scenario measured once on one server."""
+
+    server: str  # NEW or BASELINE
+    scenario: str
+    round: int
+    images: int
+    requests: int  # answers the generator received
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    generator_errors: int
+    served: int  # predict answers the server counted in the window (its metrics); -1 unknown
+    server_errors: int  # of which not OK
+    cpu_s: float  # the server process tree's user+sys time over the window
+    load_average: float
+    detail: str = ""
+
+    @property
+    def errors(self) -> int:
+        return self.generator_errors + max(self.server_errors, 0)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        # The server's own count is the right divisor (it includes answers the generator cut off).
+        count = self.served if self.served > 0 else self.requests
+        return self.cpu_s / count * 1e6 if count else math.nan
+
+    @property
+    def cpu_us_per_image(self) -> float:
+        return self.cpu_us_per_request / self.images
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "cpu_us_per_request": self.cpu_us_per_request,
+            "cpu_us_per_image": self.cpu_us_per_image,
+        }
+
+
+METRICS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "cpu_us_per_image")
+
+
+@dataclass
+class Summary:
+    """A scenario on one server: medians over rounds, errors summed."""
+
+    scenario: str
+    server: str
+    rounds: int
+    medians: dict[str, float]
+    errors: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """One line of the targets table in docs/architecture.md."""
+
+    text: str
+    metric: str  # a key of Summary.medians
+    limit: float
+    applies: Callable[[Scenario], bool] = field(compare=False)
+
+
+TARGETS = (
+    Target("REST server CPU ≤ 220 µs per single-image request", "cpu_us_per_request", 220,
+           lambda s: s.protocol == "rest" and s.images == 1),
+    Target("gRPC server CPU ≤ 380 µs per single-image request", "cpu_us_per_request", 380,
+           lambda s: s.protocol == "grpc" and s.images == 1),
+    Target("64-image gRPC server CPU ≤ 22 µs per image", "cpu_us_per_image", 22,
+           lambda s: s.protocol == "grpc" and s.images == 64),
+    Target("REST p99 ≤ 1 ms at 1 client", "p99_ms", 1.0,
+           lambda s: s.protocol == "rest" and s.images == 1 and s.connections == 1),
+    Target("REST p99 ≤ 5 ms at 16 clients", "p99_ms", 5.0,
+           lambda s: s.protocol == "rest" and s.images == 1 and s.connections == 16),
+)  # fmt: skip
+ZERO_ERRORS = "zero errors"
+
+
+def _median(values: Iterable[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def summarise(rounds: list[Round]) -> dict[tuple[str, str], Summary]:
+    """(scenario, server) -> medians over its rounds."""
+    groups: dict[tuple[str, str], list[Round]] = {}
+    for r in rounds:
+        groups.setdefault((r.scenario, r.server), []).append(r)
+    return {
+        key: Summary(key[0], key[1], len(rows), {m: _median(getattr(r, m) for r in rows) for m in METRICS},
+                     sum(r.errors for r in rows))
+        for key, rows in groups.items()
+    }  # fmt: skip
+
+
+def round_ratios(rounds: list[Round], scenario: str, metric: str) -> list[float]:
+    """new / baseline of ``metric`` for each round index both servers ran."""
+    by_round = {(r.server, r.round): getattr(r, metric) for r in rounds if r.scenario == scenario}
+    ratios = []
+    for (server, index), value in sorted(by_round.items(), key=lambda kv: kv[0][1]):
+        base = by_round.get((BASELINE, index))
+        if server == NEW and base and not math.isnan(value) and not math.isnan(base):
+            ratios.append(value / base)
+    return ratios
+
+
+def check_targets(
+    scenarios: list[Scenario], summaries: dict[tuple[str, str], Summary], server: str = NEW
+) -> list[tuple[str, str, float, bool]]:
+    """(target, scenario, measured median, met) for every target that applies to a scenario run,
+    then zero errors over all of them (scenario ``all``)."""
+    checks = []
+    for target in TARGETS:
+        for scenario in scenarios:
+            summary = summaries.get((scenario.name, server))
+            if summary is None or not target.applies(scenario):
+                continue
+            value = summary.medians[target.metric]
+            checks.append(
+                (target.text, scenario.name, value, not math.isnan(value) and value <= target.limit)
+            )
+    errors = sum(s.errors for (_, name), s in summaries.items() if name == server)
+    return [*checks, (ZERO_ERRORS, "all", float(errors), errors == 0)]
+
+
+def _num(value: float, fmt: str) -> str:
+    return "—" if value is None or math.isnan(value) else fmt.format(value)
+
+
+def _ratio(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "—"
+
+
+def markdown(header: str, scenarios: list[Scenario], rounds: list[Round]) -> str:
+    """The report: how it was run, one row per scenario and server, ratios, targets met or not."""
+    summaries = summarise(rounds)
+    has_baseline = any(r.server == BASELINE for r in rounds)
+    lines = [header, ""]
+    title = "| scenario | server | rounds | req/s | p50 ms | p99 ms | server CPU µs/req | µs/image | errors |"
+    lines += [title, "|" + "---|" * (title.count("|") - 1)]
+    for scenario in scenarios:
+        for server in (BASELINE, NEW) if has_baseline else (NEW,):
+            s = summaries.get((scenario.name, server))
+            if s is None:
+                continue
+            m = s.medians
+            cells = [
+                _num(m["rps"], "{:,.0f}"),
+                _num(m["p50_ms"], "{:.2f}"),
+                _num(m["p99_ms"], "{:.2f}"),
+                _num(m["cpu_us_per_request"], "{:.0f}"),
+                _num(m["cpu_us_per_image"], "{:.1f}"),
+            ]
+            lines.append(f"| {scenario.name} | {server} | {s.rounds} | {' | '.join(cells)} | {s.errors} |")
+    if has_baseline:
+        lines += [
+            "",
+            "Ratios new / baseline (median of the per-round ratios; each round's ratio listed):",
+            "",
+            "| scenario | server CPU µs/req | req/s | p99 ms |",
+            "|---|---|---|---|",
+        ]
+        for scenario in scenarios:
+            cells = []
+            for metric in ("cpu_us_per_request", "rps", "p99_ms"):
+                ratios = round_ratios(rounds, scenario.name, metric)
+                cells.append(f"**{_median(ratios):.2f}** ({_ratio(ratios)})" if ratios else "—")
+            lines.append(f"| {scenario.name} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets (docs/architecture.md), medians of the new server:", ""]
+    lines += ["| target | scenario | measured | met |", "|---|---|---|---|"]
+    for text, scenario, value, met in check_targets(scenarios, summaries):
+        shown = _num(value, "{:.0f}" if text == ZERO_ERRORS else "{:.2f}")
+        lines.append(f"| {text} | {scenario} | {shown} | {'met' if met else '**not met**'} |")
+    return "\n".join(lines) + "\n"
