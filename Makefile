@@ -36,8 +36,9 @@ serve: venv
 	$(BIN)/digits-serve --model_base_path $(PRETRAINED)
 
 test: venv
-	@# The browser tests drive Debian's chromium (tests/integration/test_web_page.py skips, saying so, without it).
-	@command -v chromium >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive timeout 900 sh -c 'apt-get update -qq && apt-get install -y -qq chromium' >/dev/null 2>&1 && echo "installed chromium"; } || echo "could not install chromium (apt-get as root): the browser tests will be skipped"
+	@# Debian packages some tests drive: chromium (tests/integration/test_web_page.py), wrk and h2load
+	@# (tests/integration/test_perf.py). Without them those tests are skipped, saying why.
+	@command -v chromium >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive timeout 900 sh -c 'apt-get update -qq && apt-get install -y -qq chromium wrk nghttp2-client' >/dev/null 2>&1 && echo "installed chromium, wrk, h2load"; } || echo "could not install chromium, wrk, h2load (apt-get as root): the browser and perf tests will be skipped"
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest
