@@ -12,6 +12,10 @@ Layout (MLServer-style; one job per module, dependencies pointing down the list)
 - ``json_tensor``    the fast path for the pixel arrays of REST predict bodies
 - ``rest`` / ``grpc_server``  thin adapters: decode, call the data plane, encode; one error
   translation point each (Flask error handlers; one gRPC wrapper)
+- ``rest_fast``      the plain-WSGI fast path for common predict requests, in front of Flask
+- ``rsgi_gateway``   the REST workers' front: whole bodies awaited off-thread under a deadline
+  (408), then the WSGI app
+- ``webpage``        the page at ``/`` and its assets (``serving/web/``)
 - ``observe``        one metric sample and one access-log line per request, for both adapters
 - ``metrics``        Prometheus metrics, multi-process aware
 - ``logs``           JSON-lines logging and the access logger

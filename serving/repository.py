@@ -5,7 +5,9 @@ Scans ``--model_base_path`` for integer version directories every
 checked, warm-up inference run) *before* it joins the served set, and the set is replaced by one
 reference assignment, so a request that already holds a version finishes on it. A version that
 fails to load is reported in status with its error, is not retried until its files change, and
-does not displace the versions already serving.
+does not displace the versions already serving; the policy then picks among the others in the
+same scan (``latest:1`` with version 3 corrupt serves 2 from the first scan on), so a worker
+that has finished ``start()`` serves a version whenever any version on disk can load.
 
 Version policy (``--model_version_policy``): ``latest:N`` (default ``latest:1``), ``all``, or
 ``specific:V1,V2``. Optional labels (``--version_labels stable=1,canary=2``) name versions.
@@ -149,13 +151,22 @@ class ModelRepository:
         """One scan: load what the policy wants and is new, then swap, then drop the rest."""
         with self._scan_lock:
             on_disk = model_versions(self.base_path)
-            wanted = self._wanted(on_disk)
             served = dict(self._served)
-            for version in wanted:
-                if version not in served:
-                    model = self._load(version)
-                    if model is not None:
-                        served[version] = model
+            # A version that fails leaves the candidates, so the policy picks again in this same
+            # scan: with 3 corrupt, latest:1 falls back to 2 now, not one poll period later (a
+            # fresh or respawned worker would otherwise start with nothing to serve).
+            while True:
+                wanted = self._wanted(on_disk)
+                failed = False
+                for version in wanted:
+                    if version not in served:
+                        model = self._load(version)
+                        if model is None:
+                            failed = True
+                        else:
+                            served[version] = model
+                if not failed:
+                    break
             # Unload only versions that are neither wanted nor needed as the last one standing.
             keep = set(wanted) & set(served)
             if not keep and served:

@@ -68,9 +68,15 @@ class Settings:
     enable_batching: bool = field(
         default=False, metadata={"help": "batch concurrent requests inside each worker"}
     )
-    max_batch_size: int = field(default=64, metadata={"help": "images per batched model run"})
+    max_batch_size: int = field(
+        default=64, metadata={"help": "most images merged into one batched model run"}
+    )
     batch_timeout_micros: int = field(
-        default=1000, metadata={"help": "longest wait for a batch to fill"}
+        default=1000,
+        metadata={
+            "help": "TF Serving's flag, accepted; never waited out: a batch is cut the moment "
+            "the model is free (serving/batching.py)"
+        },
     )
     max_enqueued_batches: int = field(
         default=8,
@@ -92,6 +98,26 @@ class Settings:
     )
     rest_api_timeout_in_ms: int = field(
         default=30000, metadata={"help": "deadline of a REST request inside the server"}
+    )
+    rest_api_header_timeout_in_ms: int = field(
+        default=10000,
+        metadata={"help": "REST: a request's headers must arrive within this, else it is closed"},
+    )
+    rest_api_body_timeout_in_ms: int = field(
+        default=30000,
+        metadata={"help": "REST: a request's body must arrive within this, else 408 and closed"},
+    )
+    rest_api_interface: str = field(
+        default="rsgi",
+        metadata={
+            "help": "REST workers: rsgi reads bodies off-thread under the deadline (safe facing "
+            "slow clients); wsgi is granian's WSGI, ~35 us less CPU per request, but a half-sent "
+            "body holds a thread: only behind a proxy that buffers whole requests"
+        },
+    )
+    rest_api_max_connections: int = field(
+        default=512,
+        metadata={"help": "open REST connections per worker; beyond it new ones wait to be accepted"},
     )
     max_request_bytes: int = field(
         default=32 * 1024 * 1024,
@@ -177,12 +203,17 @@ def _check(settings: Settings) -> None:
         "max_enqueued_batches",
         "tensorflow_intra_op_parallelism",
         "max_request_bytes",
+        "rest_api_max_connections",
+        "rest_api_header_timeout_in_ms",
+        "rest_api_body_timeout_in_ms",
     ):
         if getattr(settings, name) < 1:
             problems.append(f"--{name} must be at least 1")
     for name in ("port", "rest_api_port"):
         if not 0 <= getattr(settings, name) <= 65535:
             problems.append(f"--{name} must be a port number")
+    if settings.rest_api_interface not in ("rsgi", "wsgi"):
+        problems.append("--rest_api_interface must be rsgi or wsgi")
     if settings.port == 0:
         problems.append("--port (gRPC) must not be 0")
     if settings.port == settings.rest_api_port:

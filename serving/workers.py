@@ -2,10 +2,19 @@
 
 Usage (started by ``serving.supervisor``, with the settings in ``SERVING_SETTINGS_JSON``):
   python -m serving.workers grpc   one gRPC worker (binds --port with SO_REUSEPORT)
-  python -m serving.workers rest   granian's master, which forks --num_workers WSGI workers
+  python -m serving.workers rest   granian's master, which forks --num_workers REST workers
+                                   (RSGI: the Flask app behind ``serving.rsgi_gateway``; or
+                                   granian's WSGI with ``--rest_api_interface wsgi``)
 
 Each worker owns its model repository (its own poller and ONNX Runtime session with one
 intra-op thread), so no state is shared between processes and any one may die and be replaced.
+A worker accepts connections only once its repository's first scan is done (the gRPC server
+starts after it; granian binds a REST worker's listener after its app factory returns), so a
+new or respawned worker serves a version from its first request whenever one can load.
+Slow clients (REST): headers within ``--rest_api_header_timeout_in_ms`` (granian closes the
+connection), bodies within ``--rest_api_body_timeout_in_ms`` (the gateway answers 408; not in
+WSGI mode), at most ``--rest_api_max_connections`` open connections per worker (granian's
+backpressure: beyond it new connections wait in the kernel's accept queue).
 After start-up every worker calls ``gc.freeze()``: the long-lived objects (Flask, protobuf
 descriptors, the model) leave the collector's generations, which keeps full collections
 triggered by nested JSON payloads short (they caused 60-80 ms p99 spikes in a peer server).
@@ -20,11 +29,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from contract.types import AVAILABLE
 from serving.logs import configure_logging
 from serving.settings import Settings
 
@@ -32,6 +43,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from serving.dataplane import DataPlane
+    from serving.rsgi_gateway import RSGIGateway
 
 logger = logging.getLogger(__name__)
 
@@ -75,45 +87,94 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def rest_app() -> Flask:
-    """Granian's WSGI factory: the Flask app of one REST worker process."""
+def rest_app() -> RSGIGateway | Flask:
+    """Granian's factory, in one REST worker process: the Flask app behind the RSGI gateway
+    (or bare, for granian's WSGI interface: ``--rest_api_interface wsgi``).
+
+    It returns only once the repository's first scan is done, so a worker (a respawned one too)
+    starts accepting with a version loaded whenever any version on disk can load.
+    """
     # Per role, not a cycle: Flask is a REST worker's alone.
     from serving.rest import create_app
+    from serving.rsgi_gateway import RSGIGateway
 
     settings = Settings.from_worker_env()
     configure_logging(settings.log_level)
+    dataplane = build_dataplane(settings)
     app = create_app(
-        build_dataplane(settings),
+        dataplane,
         max_request_bytes=settings.max_request_bytes,
         timeout_seconds=settings.rest_api_timeout_in_ms / 1000,
         access_log=settings.access_log,
     )
+    if settings.rest_api_interface == "rsgi":
+        app = RSGIGateway(
+            app,
+            body_timeout_seconds=settings.rest_api_body_timeout_in_ms / 1000,
+            max_body_bytes=settings.max_request_bytes,
+            threads=settings.rest_api_num_threads,
+        )
     _freeze_heap()
-    logger.info("REST worker ready on %s:%d", settings.host, settings.rest_api_port)
+    logger.info(
+        "REST worker ready on %s:%d (serving versions %s)",
+        settings.host,
+        settings.rest_api_port,
+        sorted(s.version for s in dataplane.repository.statuses() if s.state == AVAILABLE),
+    )
     return app
+
+
+def _exit_if_forked(master_pid: int, granian_handler: Any) -> Any:
+    """A SIGTERM/SIGINT handler for granian's master that a worker still starting obeys too.
+
+    granian forks its workers with the master's Python signal handlers; a worker replaces them
+    only once its app is loaded. A SIGTERM that reached a worker still loading its model went to
+    the master's handler, did nothing, and the worker then served until killed at the end of the
+    grace period. In a forked worker this handler exits at once (it has served nothing yet).
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() == master_pid:
+            granian_handler(signum, frame)
+        else:
+            os.write(2, f"REST worker {os.getpid()} stopped while starting\n".encode())
+            os._exit(0)
+
+    return handler
 
 
 def run_rest_master(settings: Settings) -> None:
     """granian's process manager for the REST workers (it respawns a worker that dies)."""
     # Per role, not a cycle: only the REST master runs granian.
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
-    Server(
+    rsgi = settings.rest_api_interface == "rsgi"  # bodies awaited without a thread
+    server = Server(
         "serving.workers:rest_app",  # by name: this module runs as __main__ here
         address=settings.host,
         port=settings.rest_api_port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.RSGI if rsgi else Interfaces.WSGI,
         factory=True,
         workers=settings.num_workers,
-        blocking_threads=settings.rest_api_num_threads,
-        backpressure=max(64, settings.rest_api_num_threads * 64),
+        blocking_threads=1 if rsgi else settings.rest_api_num_threads,  # RSGI: the gateway's
+        websockets=False,
+        backpressure=settings.rest_api_max_connections,  # open connections per worker
+        http1_settings=HTTP1Settings(header_read_timeout=settings.rest_api_header_timeout_in_ms),
         respawn_failed_workers=True,
         respawn_interval=0.5,
         workers_kill_timeout=max(1, int(settings.shutdown_grace_period_seconds)),
         log_access=False,  # our own access log skips probes and is JSON
         log_level=settings.log_level.lower(),
-    ).serve()
+    )
+
+    @server.on_startup  # after granian installs its signal handlers, before it forks workers
+    def _workers_starting_obey_sigterm() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _exit_if_forked(os.getpid(), signal.getsignal(signum)))
+
+    server.serve()
 
 
 def run_grpc_worker(settings: Settings) -> None:

@@ -167,15 +167,7 @@ def test_dead_workers_are_replaced(model_base_path: Path, tmp_path: Path, server
     server = server_factory(repository, "--num_workers", "1")
 
     def workers(role: str) -> list[int]:
-        found = []
-        for pid in server.descendants():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except FileNotFoundError:
-                continue
-            if b"serving.workers" in cmdline and role.encode() in cmdline:
-                found.append(pid)
-        return found
+        return _workers(server, role)
 
     (grpc_worker,) = workers("grpc")
     # Its live gauge (version available) sits in the supervisor's multi-process metrics directory.
@@ -198,6 +190,24 @@ def test_dead_workers_are_replaced(model_base_path: Path, tmp_path: Path, server
     assert rest_workers
     os.kill(rest_workers[0], signal.SIGKILL)
     _wait_for(lambda: _rest_ok(server), what="REST answering again")
+
+
+def _workers(server, role: str) -> list[int]:
+    """Pids of the supervisor's descendants running ``serving.workers <role>``."""
+    found = []
+    for pid in server.descendants():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"serving.workers" in cmdline and role.encode() in cmdline:
+            found.append(pid)
+    return found
+
+
+def _rest_workers(server) -> list[int]:
+    """granian's REST workers: forked children of its master (the supervisor's child)."""
+    return [p for p in _workers(server, "rest") if _parent(p) not in (server.pid, -1)]
 
 
 def _parent(pid: int) -> int:
@@ -274,3 +284,78 @@ def test_sigterm_under_load_drains_without_errors(
     assert results == [("big", 200)], results
     assert answered and all(code == 200 for code in answered), [c for c in answered if c != 200][:5]
     assert not [pid for pid in server.descendants()]
+
+
+# A killed worker loses what it held (the request in flight, connections in its own accept queue;
+# net.ipv4.tcp_migrate_req is off by default): at most this many per client thread, per kill.
+LOST_PER_CLIENT_PER_KILL = 2
+
+
+def test_respawned_worker_serves_at_once_beside_a_corrupt_newest_version(
+    model_base_path: Path, tmp_path: Path, server_factory
+) -> None:
+    """Versions 1, 2 good and 3 corrupt: a replaced worker answers with 2 from its first request.
+
+    Before the fix a new worker's first scan tried only 3 (latest:1), failed, served nothing
+    until the next poll, and answered 503 to everything the kernel sent it meanwhile (309 failed
+    requests in the 6 s after one REST worker was killed, here).
+    """
+    good = version_path(model_base_path, model_versions(model_base_path)[-1])
+    repository = tmp_path / "repo" / MODEL_NAME
+    for version in (1, 2):
+        shutil.copytree(good, version_path(repository, version))
+    _drop_version(repository, good, 3, corrupt=True)
+    server = server_factory(repository, "--num_workers", "2", "--access_log", "false")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        assert _status(channel)[3].state == pb.ModelVersionStatus.END
+    def role_workers(role: str) -> list[int]:
+        return _rest_workers(server) if role == "rest" else _workers(server, "grpc")
+
+    with Hammer(server, threads=3) as hammer:  # two REST threads, one gRPC thread
+        for role in ("rest", "grpc"):
+            time.sleep(1.5)
+            victim = role_workers(role)[0]
+            os.kill(victim, signal.SIGKILL)
+            _wait_for(
+                lambda role=role, victim=victim: victim not in role_workers(role)
+                and len(role_workers(role)) == 2,
+                what=f"a new {role} worker",
+            )
+            time.sleep(4.0)  # the new worker takes its share of the load
+    rest_failures = [f for f in hammer.failures if f[0] == "rest"]
+    grpc_failures = [f for f in hammer.failures if f[0] == "grpc"]
+    assert not [f for f in rest_failures if f[1] == 503], rest_failures[:5]  # never "no version yet"
+    assert len(rest_failures) <= 2 * LOST_PER_CLIENT_PER_KILL, rest_failures
+    assert len(grpc_failures) <= LOST_PER_CLIENT_PER_KILL, grpc_failures
+    assert hammer.versions == {2}
+    assert hammer.count > 200
+    log = server.log()
+    assert log.count("REST worker ready") >= 3 and "(serving versions [])" not in log
+
+
+def test_sigterm_while_rest_workers_start_stops_promptly(
+    model_base_path: Path, tmp_path: Path, server_factory
+) -> None:
+    """SIGTERM while granian's workers are still loading: all stop at once, not at the grace end.
+
+    granian forks its workers with the master's signal handlers; a worker still importing and
+    loading swallowed SIGTERM, finished starting, and served until killed 20 s later.
+    """
+    repository = copy_repository(model_base_path, tmp_path / "repo" / MODEL_NAME)
+    grace = 20.0
+    server = server_factory(
+        repository, "--num_workers", "2", "--shutdown_grace_period_seconds", str(grace), wait=False
+    )
+    deadline = time.monotonic() + 60
+    while len(_rest_workers(server)) < 2:  # polled fast: a worker takes ~1 s to import and load
+        assert time.monotonic() < deadline, "granian did not fork its workers"
+        time.sleep(0.02)
+    starting = server.log().count("REST worker ready") < 2  # the case this test is about
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    rc = server.process.wait(timeout=grace + 20)
+    stopped_in = time.monotonic() - started
+    assert starting, "the workers were ready before SIGTERM: the window was missed"
+    assert rc == 0 and stopped_in < grace / 2, (stopped_in, server.log()[-3000:])
+    assert "did not stop within the grace period" not in server.log()
+    assert not server.descendants()

@@ -81,3 +81,17 @@ def test_empty_repository_is_unavailable_not_ready(tmp_path: Path) -> None:
     assert not repository.ready
     with pytest.raises(Unavailable):
         repository.get()
+
+
+@pytest.mark.parametrize("policy, served", [("latest:1", [2]), ("latest:2", [1, 2])])
+def test_first_scan_falls_back_past_a_broken_newest_version(
+    repository_copy: Path, policy: str, served: list[int]
+) -> None:
+    """A fresh (or respawned) worker serves from its first scan: never 'nothing yet' for a poll."""
+    write_model(repository_copy / "2", seed=2)
+    write_model(repository_copy / "3", "corrupt")
+    repository = _repo(repository_copy, policy=policy)
+    assert repository.ready
+    assert sorted(s.version for s in repository.statuses() if s.state == AVAILABLE) == served
+    assert repository.get().version == 2
+    assert repository.statuses(3)[0].state == END

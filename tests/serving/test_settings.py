@@ -12,6 +12,7 @@ from contract import GRPC_PORT, MODEL_NAME, REST_PORT
 from serving.grpc_server import PredictionHandlers, build_server
 from serving.repository import ModelRepository
 from serving.rest import create_app
+from serving.rsgi_gateway import RSGIGateway
 from serving.runtime import LoadedModel
 from serving.settings import SETTINGS_ENV, Settings, load_settings
 
@@ -54,6 +55,10 @@ def test_tf_serving_spellings_and_flag_beats_env() -> None:
         ["--model_version_policy", "newest"],
         ["--version_labels", "stable"],
         ["--num_workers", "0"],
+        ["--rest_api_max_connections", "0"],
+        ["--rest_api_header_timeout_in_ms", "0"],
+        ["--rest_api_body_timeout_in_ms", "-1"],
+        ["--rest_api_interface", "asgi"],
     ],
 )
 def test_bad_flags_exit_2(argv: list[str]) -> None:
@@ -76,6 +81,18 @@ def test_boolean_flag_forms_and_labels() -> None:
         "stable": 1,
         "canary": 2,
     }
+
+
+def test_slow_client_bounds_have_flags_and_environment_defaults() -> None:
+    settings = load_settings(
+        ["--rest_api_body_timeout_in_ms=5000", "--rest_api_max_connections", "64"],
+        {"SERVING_REST_API_HEADER_TIMEOUT_IN_MS": "2000", "SERVING_REST_API_MAX_CONNECTIONS": "8"},
+    )
+    assert settings.rest_api_body_timeout_in_ms == 5000
+    assert settings.rest_api_header_timeout_in_ms == 2000  # env beats default
+    assert settings.rest_api_max_connections == 64  # flag beats env
+    defaults = load_settings([], {})
+    assert (defaults.rest_api_header_timeout_in_ms, defaults.rest_api_body_timeout_in_ms) == (10000, 30000)
 
 
 def test_json_round_trip_for_workers() -> None:
@@ -104,6 +121,9 @@ COMPONENT_DEFAULTS = [
     (ModelRepository, "warm_up", "enable_model_warmup", 1),
     (ModelRepository, "intra_op_threads", "tensorflow_intra_op_parallelism", 1),
     (LoadedModel, "intra_op_threads", "tensorflow_intra_op_parallelism", 1),
+    (RSGIGateway, "body_timeout_seconds", "rest_api_body_timeout_in_ms", 1000),
+    (RSGIGateway, "max_body_bytes", "max_request_bytes", 1),
+    (RSGIGateway, "threads", "rest_api_num_threads", 1),
 ]
 
 
