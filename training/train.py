@@ -3,7 +3,8 @@
 A run directory holds everything of one run::
 
     <run_dir>/config.json       the RunConfig (a run can be resumed or re-exported without guessing)
-    <run_dir>/backup/           Keras BackupAndRestore state (weights, optimizer, epoch), every epoch
+    <run_dir>/backup/           training state (weights, optimizer, epoch) after every epoch:
+                                epoch-<n>/ directories, ``latest`` a symlink to the newest
     <run_dir>/history.csv       per-epoch loss/accuracy/val_accuracy (appended across resumes)
     <run_dir>/tb/               TensorBoard: batch loss, epoch accuracies, graph, HParams
     <run_dir>/model.keras       the trained model (logits out), written when the run ends
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -45,6 +48,52 @@ from training.records import (
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 1000
+
+
+class AtomicBackup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, but a kill at any instant leaves a backup that loads.
+
+    Keras writes ``latest.weights.h5`` in place: a kill during the write leaves a truncated file
+    that the next start cannot open (and, after the first epoch, no previous one to fall back
+    on). Here every epoch's state goes into a fresh ``epoch-<n>/`` directory, and the ``latest``
+    symlink is swapped to it atomically once the weights and the epoch are both on disk; older
+    epochs are then removed.
+    """
+
+    LATEST = "latest"
+
+    def __init__(self, backup_dir: str) -> None:
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        self._root = Path(backup_dir)
+        self._point_at(self._root / self.LATEST)
+
+    def _point_at(self, directory: Path) -> None:
+        self._weights_path = str(directory / "latest.weights.h5")
+        self._training_metadata_path = str(directory / "training_metadata.json")
+
+    def on_train_begin(self, logs=None) -> None:
+        self._point_at(self._root / self.LATEST)  # nothing there: a fresh start
+        self._load_model()
+
+    def _save_model(self) -> None:
+        final = self._root / f"epoch-{self._current_epoch}"
+        staging = final.with_name(final.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # an epoch repeated after a resume
+        staging.mkdir(parents=True)
+        self._point_at(staging)
+        self.model.save_weights(self._weights_path, overwrite=True)
+        write_json_atomic(Path(self._training_metadata_path),
+                          {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        os.replace(staging, final)
+        link = self._root / (self.LATEST + ".tmp")
+        link.unlink(missing_ok=True)
+        link.symlink_to(final.name)
+        os.replace(link, self._root / self.LATEST)
+        for old in self._root.glob("epoch-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        self._point_at(self._root / self.LATEST)
 
 
 def hparams_of(config: RunConfig) -> dict[str, Any]:
@@ -180,8 +229,7 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         # CSV before the backup: a kill between the two repeats an epoch (deduplicated on
         # read) rather than losing its line.
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch",
-                                         delete_checkpoint=False),
+        AtomicBackup(str(run_dir / "backup")),
         _TensorBoard(str(tb_dir), update_freq="batch", write_graph=True),
         epoch_log,
     ]

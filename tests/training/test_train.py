@@ -57,28 +57,37 @@ def _run_cli(args: list[str], mnist_dir: Path, **kwargs) -> subprocess.Popen:
 
 
 def test_a_killed_run_resumes_from_its_last_epoch(mnist_dir, tmp_path):
-    args = ["run", "--grid", "lab", "--index", "12", "--runs-dir", str(tmp_path), "--epochs", "3",
-            "--train-limit", "3000", "--threads", "1", "--progress", "lines"]
+    # An epoch of 3,000 images takes about 0.3 s: enough epochs that the kill, right after the
+    # first one is saved, always lands with epochs still to train.
+    epochs = 20
+    args = ["run", "--grid", "lab", "--index", "12", "--runs-dir", str(tmp_path), "--epochs",
+            str(epochs), "--train-limit", "3000", "--threads", "1", "--progress", "lines"]
     run_dir = tmp_path / "lab" / run_config("lab", 12).name
     first = _run_cli(args, mnist_dir)
     deadline = time.monotonic() + 240
-    while len(records.read_history(run_dir)) < 1 or not (run_dir / "backup").exists():
+    while not (run_dir / "backup" / "latest").exists():
         assert first.poll() is None, first.stdout.read()
         assert time.monotonic() < deadline, "no epoch finished in time"
-        time.sleep(0.2)
-    time.sleep(0.5)
+        time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     assert records.read_result(run_dir) is None
+    saved = len(records.read_history(run_dir))
+    assert 1 <= saved < epochs, f"the kill came after {saved} of {epochs} epochs"
 
     second = _run_cli(args, mnist_dir)
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
-    epoch_lines = [line for line in output.splitlines() if " epoch " in line and "/3 " in line]
-    assert "epoch 1/3" not in epoch_lines[0], output  # it did not start over
+    marker = f"/{epochs} "
+    trained = [int(line.split(" epoch ")[1].split("/")[0]) for line in output.splitlines()
+               if " epoch " in line and marker in line]
+    # It did not start over: it went on from the last saved epoch (or repeated that one, when
+    # the kill fell between the epoch's history line and its backup).
+    assert trained and trained[0] in (saved, saved + 1) and trained[0] > 1, output
+    assert trained[-1] == epochs, output
     result = records.read_result(run_dir)
-    assert result["status"] == records.COMPLETED and result["epochs_run"] == 3
-    assert [h["epoch"] for h in records.read_history(run_dir)] == [0, 1, 2]
+    assert result["status"] == records.COMPLETED and result["epochs_run"] == epochs
+    assert [h["epoch"] for h in records.read_history(run_dir)] == list(range(epochs))
 
 
 def test_a_diverged_run_is_recorded_and_the_grid_goes_on(mnist_dir, tmp_path):
@@ -164,3 +173,33 @@ def test_clean_phase_trains_last_epochs_on_clean_images_and_resumes_past_it(mnis
     again = train.run(config, mnist, tmp_path)
     assert [h["epoch"] for h in records.read_history(tmp_path)] == [0, 1, 2]
     assert again["validation_accuracy"] == result["validation_accuracy"]
+
+
+def test_a_backup_killed_mid_write_still_resumes(tmp_path):
+    import keras
+    import numpy as np
+
+    from training.train import AtomicBackup
+
+    def model_and_data():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile("sgd", "mse")
+        return model, np.ones((8, 4), "float32"), np.zeros((8, 2), "float32")
+
+    backup = tmp_path / "backup"
+    model, x, y = model_and_data()
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[AtomicBackup(str(backup))])
+    assert os.readlink(backup / "latest") == "epoch-2"
+    assert sorted(p.name for p in backup.iterdir()) == ["epoch-2", "latest"]
+    # A kill while epoch 3 was being written: its half-written weights are never read.
+    (backup / "epoch-3.tmp").mkdir()
+    (backup / "epoch-3.tmp" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n")
+    weights = [w.copy() for w in model.get_weights()]
+
+    model, x, y = model_and_data()
+    epochs = model.fit(x, y, epochs=4, verbose=0, callbacks=[AtomicBackup(str(backup))]).epoch
+    assert epochs == [2, 3]  # resumed after epoch 2, with epoch 2's weights
+    assert os.readlink(backup / "latest") == "epoch-4"
+    assert sorted(p.name for p in backup.iterdir()) == ["epoch-4", "latest"]
+    assert not np.array_equal(model.get_weights()[0], weights[0])
