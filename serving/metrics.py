@@ -9,8 +9,9 @@ when this module creates its metrics, so a process must have the variable set be
 it (the supervisor, which only owns the directory, never imports this module).
 
 Metrics:
-- ``serving_requests_total{api,method,code}``: requests by API (rest/grpc), method and gRPC code
-- ``serving_request_latency_seconds{api,method}``: server-side latency histogram
+- ``serving_requests_total{api,protocol,method,code}``: requests by API (rest/grpc), protocol
+  (``tfserving``: TF Serving's API; ``v2``: the Open Inference Protocol), method and gRPC code
+- ``serving_request_latency_seconds{api,protocol,method}``: server-side latency histogram
 - ``serving_model_batch_size``: images per ONNX Runtime run
 - ``serving_model_version_available{model,version}``: 1 while a version serves (max over workers)
 - ``serving_model_load_failures_total{model,version}``: failed loads, counted per worker process
@@ -35,12 +36,14 @@ from prometheus_client import (
 from serving.settings import MULTIPROC_ENV
 
 REQUESTS = Counter(
-    "serving_requests", "Requests by API, method and gRPC status code", ["api", "method", "code"]
+    "serving_requests",
+    "Requests by API, protocol, method and gRPC status code",
+    ["api", "protocol", "method", "code"],
 )
 LATENCY = Histogram(
     "serving_request_latency_seconds",
     "Server-side request latency",
-    ["api", "method"],
+    ["api", "protocol", "method"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
 BATCH_SIZE = Histogram(
@@ -59,18 +62,19 @@ LOAD_FAILURES = Counter(
 )
 
 
-# The labelled children per (api, method, code), looked up once: ``labels()`` costs more than
+# The labelled children per (api, protocol, method, code), looked up once: ``labels()`` costs more than
 # the increment itself on the hot path. (Children live as long as their metric; nothing here
 # removes labels.)
-_REQUEST_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_REQUEST_CHILDREN: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
 
-def observe_request(api: str, method: str, code: str, seconds: float) -> None:
+def observe_request(api: str, protocol: str, method: str, code: str, seconds: float) -> None:
     """Count one finished request and its latency."""
-    children = _REQUEST_CHILDREN.get((api, method, code))
+    key = (api, protocol, method, code)
+    children = _REQUEST_CHILDREN.get(key)
     if children is None:
-        children = (REQUESTS.labels(api, method, code), LATENCY.labels(api, method))
-        _REQUEST_CHILDREN[(api, method, code)] = children
+        children = (REQUESTS.labels(*key), LATENCY.labels(api, protocol, method))
+        _REQUEST_CHILDREN[key] = children
     children[0].inc()
     children[1].observe(seconds)
 

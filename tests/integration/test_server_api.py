@@ -214,9 +214,9 @@ def test_access_log_has_one_shape_per_api_and_no_probes(running_server, images) 
         if (rest and grpc_lines) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert rest and list(rest[-1]) == ["api", "method", "path", "status", "ms"], rest
+    assert rest and list(rest[-1]) == ["api", "protocol", "method", "path", "status", "ms"], rest
     assert (rest[-1]["method"], rest[-1]["status"]) == ("GET", 404)
-    assert grpc_lines and list(grpc_lines[-1]) == ["api", "method", "code", "ms"], grpc_lines
+    assert grpc_lines and list(grpc_lines[-1]) == ["api", "protocol", "method", "code", "ms"], grpc_lines
     assert grpc_lines[-1]["code"] == "OK"
     probes = {LIVENESS_PATH, READINESS_PATH, METRICS_PATH, METRICS_ALIAS_PATH}
     assert not [x for x in lines if x.get("path") in probes]  # wait_ready polled /readyz many times

@@ -139,7 +139,7 @@ def test_oversized_message_is_refused(channel: grpc.Channel) -> None:
 
 
 def _count(method: str, code: str) -> float:
-    labels = {"api": "grpc", "method": method, "code": code}
+    labels = {"api": "grpc", "protocol": "tfserving", "method": method, "code": code}
     return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
 
 
@@ -161,7 +161,7 @@ def test_each_call_is_observed_once_with_its_code(
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert (_count("status", "OK"), _count("predict", "NOT_FOUND")) == (ok + 1, not_found + 1)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
-    assert [list(line) for line in lines] == [["api", "method", "code", "ms"]] * 2  # no health line
+    assert [list(line) for line in lines] == [["api", "protocol", "method", "code", "ms"]] * 2  # no health
     assert [(x["api"], x["method"], x["code"]) for x in lines] == [
         ("grpc", "status", "OK"),
         ("grpc", "predict", "NOT_FOUND"),

@@ -14,12 +14,12 @@ from serving.observe import RequestObserver
 
 
 def _count(api: str, method: str, code: str) -> float:
-    labels = {"api": api, "method": method, "code": code}
+    labels = {"api": api, "protocol": "tfserving", "method": method, "code": code}
     return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
 
 
 def _latency_count(api: str, method: str) -> float:
-    labels = {"api": api, "method": method}
+    labels = {"api": api, "protocol": "tfserving", "method": method}
     return REGISTRY.get_sample_value("serving_request_latency_seconds_count", labels) or 0.0
 
 
@@ -35,6 +35,7 @@ def test_finished_counts_times_and_logs_one_line(caplog: pytest.LogCaptureFixtur
     line = JsonFormatter().format(record)  # access lines pass through the formatter unwrapped
     assert list(json.loads(line).items()) == [
         ("api", "observe-test"),
+        ("protocol", "tfserving"),
         ("method", "POST"),
         ("path", "/x"),
         ("status", 404),

@@ -126,7 +126,7 @@ def test_readiness_turns_false_when_draining(client: FlaskClient, dataplane: Dat
 
 
 def _count(method: str, code: str) -> float:
-    labels = {"api": "rest", "method": method, "code": code}
+    labels = {"api": "rest", "protocol": "tfserving", "method": method, "code": code}
     return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
 
 
@@ -164,7 +164,7 @@ def test_each_model_request_is_observed_once_with_its_code(
     assert _count(operation, code) == before + 1
     # One access line, for the model request only (probes and scrapes are never logged).
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
-    assert list(line) == ["api", "method", "path", "status", "ms"]
+    assert list(line) == ["api", "protocol", "method", "path", "status", "ms"]
     assert (line["api"], line["method"], line["path"], line["status"]) == ("rest", method, path, status)
 
 
