@@ -1,4 +1,5 @@
-"""digits model server: TensorFlow Serving's REST and gRPC APIs over ONNX Runtime.
+"""digits model server: TensorFlow Serving's REST and gRPC APIs and the Open Inference Protocol
+(KServe V2 / Triton) over ONNX Runtime.
 
 Layout (MLServer-style; one job per module, dependencies pointing down the list):
 
@@ -9,10 +10,14 @@ Layout (MLServer-style; one job per module, dependencies pointing down the list)
 - ``dataplane``      all business logic (predict, metadata, status) in protocol-neutral types
 - ``tfserving_proto``  TF Serving's gRPC messages <-> plain values and ``contract.types``
 - ``tfserving_json``   TF Serving's REST JSON <-> plain values and ``contract.types``
+- ``v2_json``        the Open Inference Protocol's REST JSON (binary tensor extension) <-> plain
+  values
+- ``v2_proto``       the Open Inference Protocol's gRPC messages <-> plain values
 - ``json_tensor``    the fast path for the pixel arrays of REST predict bodies
 - ``rest`` / ``grpc_server``  thin adapters: decode, call the data plane, encode; one error
   translation point each (Flask error handlers; one gRPC wrapper)
-- ``rest_fast``      the plain-WSGI fast path for common predict requests, in front of Flask
+- ``rest_fast``      the plain-WSGI fast path for common predict and V2 infer requests, in front
+  of Flask
 - ``rsgi_gateway``   the REST workers' front: whole bodies awaited off-thread under a deadline
   (408), then the WSGI app
 - ``webpage``        the page at ``/`` and its assets (``serving/web/``)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from contract import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAMES, SIGNATURE_NAME
-from contract.errors import InvalidArgument, NotFound
+from contract.errors import InvalidArgument, NotFound, Unavailable
 from contract.types import ModelMetadata, VersionStatus, served_metadata
 from serving import metrics
 from serving.batching import Batcher
@@ -113,3 +113,19 @@ class DataPlane:
         if not rows and version is None:
             raise NotFound(f"model {name!r} has no versions under {self.repository.base_path}")
         return rows
+
+    # --- readiness and versions (the Open Inference Protocol asks for them as such) -------------
+    def available_versions(self, name: str) -> list[int]:
+        """The versions that serve now (AVAILABLE), ascending; empty while none has loaded."""
+        self._check_name(name)
+        return [row.version for row in self.repository.statuses() if row.available]
+
+    def model_ready(self, name: str, version: int | None = None) -> bool:
+        """True when the version a request would address (default: the highest served) is
+        AVAILABLE, so that a predict on it would run. Another model's name is NOT_FOUND."""
+        self._check_name(name)
+        try:
+            self.repository.get(version)
+        except (NotFound, Unavailable):
+            return False
+        return True

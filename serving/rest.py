@@ -5,13 +5,18 @@ Routes (``{name}`` is the model name; a version or label may follow):
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           status (TF Serving's JSON)
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  signature map
   GET  /healthz (liveness), /readyz (readiness), /monitoring/prometheus/metrics and /metrics
-The model route decodes (``serving.tfserving_json``), calls the data plane and encodes; it never
-catches. Errors become ``{"error": "..."}`` in the app's error handlers, one per kind: a
-``ServingError`` with the HTTP status derived from its gRPC code, werkzeug's HTTP errors (404,
-405, 413) as they are, anything else a 500. Each request on the model route is observed once,
-after its response exists (``serving.observe``). The common predict requests never reach Flask:
-``serving.rest_fast.FastPredict``, the app's WSGI middleware, answers them identically for about
-half the CPU. The app runs under granian in production (``serving.workers``), never Flask's
+and the Open Inference Protocol (V2; ``serving.v2_json``) over the same data plane:
+  GET  /v2/health/live, /v2/health/ready, /v2 (server metadata)
+  GET  /v2/models/{name}[/versions/{v}][/ready]                model metadata, model readiness
+  POST /v2/models/{name}[/versions/{v}]/infer                  JSON or binary tensors
+The model routes decode (``serving.tfserving_json``, ``serving.v2_json``), call the data plane
+and encode; they never catch. Errors become ``{"error": "..."}`` (both protocols' shape) in the
+app's error handlers, one per kind: a ``ServingError`` with the HTTP status derived from its gRPC
+code, werkzeug's HTTP errors (404, 405, 413) as they are, anything else a 500. Each request on a
+model route is observed once, after its response exists (``serving.observe``; protocol
+``tfserving`` or ``v2``). The common predict and infer requests never reach Flask:
+``serving.rest_fast.FastPredict``, the app's WSGI middleware, answers them identically for a
+fraction of the CPU. The app runs under granian in production (``serving.workers``), never Flask's
 development server.
 """
 
@@ -32,12 +37,13 @@ from contract import (
     METRICS_PATH,
     READINESS_PATH,
     REST_MODELS_PREFIX,
+    v2,
 )
-from contract.errors import Code, InvalidArgument, ServingError, code_for_http, error_for
+from contract.errors import Code, InvalidArgument, NotFound, ServingError, code_for_http, error_for
 from serving import metrics, webpage
 from serving.dataplane import DataPlane
 from serving.observe import RequestObserver
-from serving.rest_fast import JSON, FastPredict, error_body, json_body
+from serving.rest_fast import JSON, FastPredict, error_body, json_body, v2_infer
 from serving.settings import Settings
 from serving.tfserving_json import (
     decode_predict_body,
@@ -45,6 +51,7 @@ from serving.tfserving_json import (
     encode_predict,
     encode_status,
 )
+from serving.v2_json import decompress, encode_model_metadata, encode_server_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,8 @@ _PATH = re.compile(
     r"(?P<verb>:predict|/metadata)?$"
 )
 _OPERATIONS = {":predict": "predict", "/metadata": "metadata", "": "status"}
+_V2_PATH = re.compile(r"^(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?$")
+_V2_OPERATIONS = {"/infer": v2.OP_INFER, "/ready": v2.OP_MODEL_READY, "": v2.OP_MODEL_METADATA}
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -72,10 +81,30 @@ def _parse_path(rest: str) -> tuple[str, int | None, str | None, str]:
         )
     version = match["version"]
     if version is not None:
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             raise InvalidArgument(f"model version must be a non-negative integer, got {version!r}")
         version = int(version)
     return match["name"], version, match["label"], match["verb"] or ""
+
+
+def _parse_v2_path(rest: str) -> tuple[str, str | None, str]:
+    """(name, version as written, operation) of ``/v2/models/{rest}``."""
+    match = _V2_PATH.match(rest)
+    if match is None:
+        raise NotFound(
+            f"no such route {v2.MODELS_PREFIX}/{rest}; expected "
+            f"{v2.MODELS_PREFIX}/NAME[/versions/V][/ready|/infer]"
+        )
+    return match["name"], match["version"], _V2_OPERATIONS[match["verb"] or ""]
+
+
+def _v2_version(name: str, version: str | None) -> int | None:
+    """V2 versions are strings: one that is not one of our integer versions is not there (404)."""
+    if version is None:
+        return None
+    if not (version.isascii() and version.isdigit()):
+        raise NotFound(f"model {name!r} has no version {version!r} (versions are integers)")
+    return int(version)
 
 
 def create_app(
@@ -96,6 +125,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     openapi = resources.files("serving").joinpath("openapi.yaml").read_bytes()
     observer = RequestObserver("rest", access_log)
+    v2_observer = RequestObserver("rest", access_log, protocol="v2")
 
     @app.route(f"{REST_MODELS_PREFIX}/<path:rest>", methods=["GET", "POST"])
     def models(rest: str) -> Response:
@@ -128,8 +158,8 @@ def create_app(
     @app.after_request
     def observe(response: Response) -> Response:
         operation = g.get("operation")
-        if operation is not None:  # the model route only: probes and scrapes are not observed
-            observer.finished(
+        if operation is not None:  # the model routes only: probes and scrapes are not observed
+            g.get("observer", observer).finished(
                 operation,
                 g.get("code", Code.OK),
                 time.perf_counter() - g.started,
@@ -138,6 +168,53 @@ def create_app(
                 status=response.status_code,
             )
         return response
+
+    # --- the Open Inference Protocol (V2) ------------------------------------------------------
+    @app.get(v2.PREFIX)
+    def v2_server_metadata() -> Response:
+        g.started, g.operation, g.observer = time.perf_counter(), v2.OP_SERVER_METADATA, v2_observer
+        return _json(encode_server_metadata())
+
+    @app.route(f"{v2.MODELS_PREFIX}/<path:rest>", methods=["GET", "POST"])
+    def v2_models(rest: str) -> Response:
+        g.started, g.operation, g.observer = time.perf_counter(), "unknown", v2_observer
+        name, version_text, operation = _parse_v2_path(rest)
+        g.operation = operation
+        if (request.method == "POST") != (operation == v2.OP_INFER):
+            allowed = "POST" if operation == v2.OP_INFER else "GET"
+            raise error_for(
+                Code.UNIMPLEMENTED, f"{request.method} not allowed here; use {allowed}", http_status=405
+            )
+        version = _v2_version(name, version_text)
+        if operation == v2.OP_INFER:
+            body = decompress(request.get_data(), request.headers.get("Content-Encoding"), max_request_bytes)
+            payload, header_length = v2_infer(
+                dataplane, name, version, body, request.headers.get(v2.HEADER_CONTENT_LENGTH),
+                timeout_seconds,
+            )
+            if header_length is None:
+                return Response(payload, 200, mimetype=JSON)
+            return Response(
+                payload, 200, content_type=v2.BINARY_CONTENT_TYPE,
+                headers={v2.HEADER_CONTENT_LENGTH: str(header_length)},
+            )
+        # Ready and metadata address a version the way infer does: an unknown one is a 404, none
+        # loaded yet a 503 (UNAVAILABLE), exactly as TF Serving's routes answer.
+        model = dataplane.resolve(name, version)
+        if operation == v2.OP_MODEL_READY:
+            return _json({"name": name, "ready": True})
+        versions = [model.version] if version is not None else dataplane.available_versions(name)
+        return _json(encode_model_metadata(name, versions or [model.version]))
+
+    @app.get(v2.HEALTH_LIVE_PATH)
+    def v2_live() -> Response:
+        return _json({"live": True})
+
+    @app.get(v2.HEALTH_READY_PATH)
+    def v2_ready() -> Response:
+        if dataplane.ready:
+            return _json({"ready": True})
+        return _error(503, "not ready: no model version available or shutting down")
 
     @app.get(LIVENESS_PATH)
     def liveness() -> Response:
@@ -189,5 +266,6 @@ def create_app(
             observer,
             max_request_bytes=max_request_bytes,
             timeout_seconds=timeout_seconds,
+            v2_observer=v2_observer,
         )
     return app

@@ -1,0 +1,178 @@
+"""The Open Inference Protocol ("V2": KServe, Triton, MLServer) as digits speaks it.
+
+Constants and pure helpers shared by the server's V2 adapters (REST and gRPC) and the clients:
+the datatype table (V2 names <-> numpy dtypes), the binary tensor data extension's header and
+parameter names, the REST paths, the gRPC method paths, the server metadata and the tensor
+metadata of our model, derived from the model contract in :mod:`contract`. No JSON or protobuf
+encoding here: the adapters do that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata as _metadata
+from typing import Any
+
+import numpy as np
+
+import contract
+from contract.errors import InvalidArgument
+
+# --- Datatypes ---------------------------------------------------------------------------------
+# V2 datatype name -> numpy dtype (little-endian on the wire). BYTES is variable-length (each
+# element a 4-byte length then its bytes); numpy holds it as object arrays, as tritonclient does.
+BYTES = "BYTES"
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    BYTES: np.dtype(np.object_),
+}
+DATATYPES = tuple(NUMPY_DTYPES)
+_DATATYPE_BY_NUMPY = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+_DATATYPE_BY_NUMPY[np.dtype(np.bytes_)] = BYTES
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of a V2 datatype name (``"FP32"`` -> float32); unknown names are refused."""
+    try:
+        return NUMPY_DTYPES[datatype]
+    except (KeyError, TypeError):
+        raise InvalidArgument(
+            f"unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def datatype_of(dtype: np.dtype | type | str) -> str:
+    """The V2 datatype name of a numpy dtype (float32 -> ``"FP32"``)."""
+    key = np.dtype(dtype)
+    if key.kind == "S":
+        return BYTES
+    try:
+        return _DATATYPE_BY_NUMPY[key.newbyteorder("=")]
+    except KeyError:
+        raise InvalidArgument(f"numpy dtype {key} has no V2 datatype") from None
+
+
+# --- The binary tensor data extension ------------------------------------------------------------
+# The request (or response) body is a JSON header of this many bytes, then the raw tensors.
+HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
+JSON_CONTENT_TYPE = "application/json"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+PARAM_BINARY_DATA_SIZE = "binary_data_size"  # an input's (or output's) bytes after the header
+PARAM_BINARY_DATA = "binary_data"  # a requested output: answer it in binary (true) or JSON
+PARAM_BINARY_DATA_OUTPUT = "binary_data_output"  # request-level default for every output
+PARAM_CLASSIFICATION = "classification"  # Triton's classification extension (not implemented)
+
+# --- REST paths ------------------------------------------------------------------------------------
+PREFIX = "/v2"
+HEALTH_LIVE_PATH = f"{PREFIX}/health/live"
+HEALTH_READY_PATH = f"{PREFIX}/health/ready"
+MODELS_PREFIX = f"{PREFIX}/models"
+
+
+def model_path(name: str, version: str | int | None = None) -> str:
+    """``/v2/models/{name}[/versions/{version}]``: model metadata; the base of ready and infer."""
+    path = f"{MODELS_PREFIX}/{name}"
+    return path if version in (None, "") else f"{path}/versions/{version}"
+
+
+def ready_path(name: str, version: str | int | None = None) -> str:
+    return f"{model_path(name, version)}/ready"
+
+
+def infer_path(name: str, version: str | int | None = None) -> str:
+    return f"{model_path(name, version)}/infer"
+
+
+# --- gRPC method paths (bound in code, like TF Serving's: our messages live in our package) ---------
+GRPC_SERVICE = "inference.GRPCInferenceService"
+SERVER_LIVE_RPC = f"/{GRPC_SERVICE}/ServerLive"
+SERVER_READY_RPC = f"/{GRPC_SERVICE}/ServerReady"
+MODEL_READY_RPC = f"/{GRPC_SERVICE}/ModelReady"
+SERVER_METADATA_RPC = f"/{GRPC_SERVICE}/ServerMetadata"
+MODEL_METADATA_RPC = f"/{GRPC_SERVICE}/ModelMetadata"
+MODEL_INFER_RPC = f"/{GRPC_SERVICE}/ModelInfer"
+
+# Operation names both V2 adapters record (metrics' ``method`` label, access log): the protocol's
+# own verbs, beside TF Serving's predict / metadata / status. Health probes are not recorded.
+OP_INFER = "infer"
+OP_MODEL_METADATA = "model_metadata"
+OP_MODEL_READY = "model_ready"
+OP_SERVER_METADATA = "server_metadata"
+
+# --- Server metadata ---------------------------------------------------------------------------------
+SERVER_NAME = "digits"
+EXTENSIONS = ("binary_tensor_data",)  # only what we implement
+PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
+
+
+def _package_version() -> str:
+    try:
+        return _metadata.version(SERVER_NAME)
+    except _metadata.PackageNotFoundError:  # running from a tree that was never installed
+        return "0+unknown"
+
+
+SERVER_VERSION = _package_version()
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str = SERVER_NAME
+    version: str = SERVER_VERSION
+    extensions: tuple[str, ...] = EXTENSIONS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "extensions": list(self.extensions)}
+
+
+SERVER_METADATA = ServerMetadata()
+
+
+# --- Tensor metadata of our model ------------------------------------------------------------------
+BATCH_DIM = -1  # V2 writes a variable dimension as -1
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    """A model input or output as V2 describes it: name, datatype, shape (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _metadata_of(name: str, dtype: str, shape: tuple[int | None, ...]) -> TensorMetadata:
+    return TensorMetadata(
+        name=name,
+        datatype=datatype_of(dtype),
+        shape=tuple(BATCH_DIM if dim is None else dim for dim in shape),
+    )
+
+
+INPUTS: tuple[TensorMetadata, ...] = tuple(
+    _metadata_of(name, dtype, shape) for name, (dtype, shape) in contract.INPUT_SPEC.items()
+)
+OUTPUTS: tuple[TensorMetadata, ...] = tuple(
+    _metadata_of(name, dtype, shape) for name, (dtype, shape) in contract.OUTPUT_SPEC.items()
+)
+INPUT = INPUTS[0]  # the one input, ``image`` FP32 [-1, 28, 28, 1]
+OUTPUTS_BY_NAME: dict[str, TensorMetadata] = {tensor.name: tensor for tensor in OUTPUTS}
+
+
+def version_string(version: int) -> str:
+    """V2 carries versions as strings; ours are the repository's integer directories."""
+    return str(version)

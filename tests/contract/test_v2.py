@@ -1,0 +1,47 @@
+"""The V2 constants agree with the model contract and with the protocol's names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import contract
+from contract import v2
+from contract.errors import InvalidArgument
+
+
+def test_tensor_metadata_is_the_contract_with_minus_one_for_the_batch():
+    assert [t.as_dict() for t in v2.INPUTS] == [
+        {"name": contract.INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28, 1]}
+    ]
+    assert [t.name for t in v2.OUTPUTS] == list(contract.OUTPUT_NAMES)
+    assert v2.OUTPUTS_BY_NAME[contract.OUTPUT_PROBABILITIES].shape == (-1, contract.NUM_CLASSES)
+    assert v2.OUTPUTS_BY_NAME[contract.OUTPUT_DIGIT].as_dict() == {
+        "name": "digit", "datatype": "INT64", "shape": [-1]}
+
+
+@pytest.mark.parametrize("name, dtype", [("BOOL", np.bool_), ("UINT8", np.uint8), ("INT32", np.int32),
+                                         ("INT64", np.int64), ("FP16", np.float16),
+                                         ("FP32", np.float32), ("FP64", np.float64)])
+def test_datatype_table_round_trips(name, dtype):
+    assert v2.numpy_dtype(name) == np.dtype(dtype)
+    assert v2.datatype_of(dtype) == name
+    assert v2.datatype_of(np.dtype(dtype).newbyteorder(">")) == name  # byte order is the codec's job
+
+
+def test_bytes_and_unknown_datatypes():
+    assert v2.datatype_of(np.bytes_) == v2.BYTES == v2.datatype_of(object)
+    with pytest.raises(InvalidArgument, match="unknown datatype 'FLOAT32'.*FP32"):
+        v2.numpy_dtype("FLOAT32")
+    with pytest.raises(InvalidArgument, match="no V2 datatype"):
+        v2.datatype_of(np.complex64)
+
+
+def test_paths_and_server_metadata():
+    assert v2.model_path("lenet5") == "/v2/models/lenet5"
+    assert v2.infer_path("lenet5", 2) == "/v2/models/lenet5/versions/2/infer"
+    assert v2.ready_path("lenet5", "") == "/v2/models/lenet5/ready"
+    assert v2.MODEL_INFER_RPC == "/inference.GRPCInferenceService/ModelInfer"
+    meta = v2.SERVER_METADATA.as_dict()
+    assert meta["name"] == "digits" and meta["extensions"] == ["binary_tensor_data"]
+    assert meta["version"] and meta["version"][0].isdigit()
