@@ -21,6 +21,13 @@ process stays light beside its children). None of these imports breaks a cycle.
 
 Every command reads MNIST from --data-dir (default $MNIST_DIR, else data/mnist; downloaded there
 if missing and the machine is online).
+
+``run`` logs the devices TensorFlow sees before it reads any data; with --require-gpu (or
+$DIGITS_REQUIRE_GPU=1, what the GPU manifests set) and no GPU it stops there (training/devices.py).
+Exit status of ``run``: 0 trained (completed or diverged), 2 a run no retry can fix (bad grid,
+index, setting or data; a required GPU absent; mixed precision without a GPU), 143 stopped by
+SIGTERM with its state saved (training/preemption.py): the same command resumes it. ``grid``
+passes SIGTERM on to its runs and exits 143 too; run again, it resumes.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contract  # noqa: E402
-from training.config import GridError, load_grid, shipped_grids  # noqa: E402
+from training import preemption  # noqa: E402
+from training.config import Grid, GridError, load_grid, shipped_grids  # noqa: E402
 
 log = logging.getLogger("training")
 
@@ -122,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TensorFlow intra-op threads (0: TensorFlow's default)")
     p.add_argument("--progress", choices=("bar", "lines"), default=None,
                    help="progress display (default: a bar on a terminal, else lines)")
+    p.add_argument("--require-gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="fail (exit 2) unless TensorFlow sees a GPU (default: "
+                        "$DIGITS_REQUIRE_GPU, set by the GPU manifests; unset: not required)")
 
     p = sub.add_parser("grid", parents=[common, knobs],
                        help="run a whole grid locally, one process per core")
@@ -145,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("run", "export"):
+        preemption.install()  # first: PID 1 in a container ignores SIGTERM without a handler
+    try:
+        return _command(args)
+    except preemption.Preempted:
+        log.warning("stopped by SIGTERM (exit status %d); the same command resumes",
+                    preemption.EXIT_PREEMPTED)
+        return preemption.EXIT_PREEMPTED
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         grid = load_grid(args.grid)
     except GridError as exc:
@@ -172,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         except IndexError as exc:
             log.error("%s", exc)
             return 2
+        if grid_runner.PREEMPTED in statuses.values():
+            log.warning("grid stopped by SIGTERM; the same command resumes it")
+            return preemption.EXIT_PREEMPTED
         if not args.no_report:
             from training import report
 
@@ -187,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         report.write_report(grid_dir, names)
         return 0
 
+    if args.command == "run":
+        return _run(args, grid, grid_dir)
+
     from training import data
 
     try:
@@ -194,30 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     except data.DataError as exc:
         log.error("%s", exc)
         return 2
-
-    if args.command == "run":
-        if args.index is None:
-            log.error("run needs --index N (or $JOB_COMPLETION_INDEX)")
-            return 2
-        import tensorflow as tf
-
-        if args.threads:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        from training import train
-
-        try:
-            config = grid.run(args.index)
-            if args.epochs is not None:
-                config = config.with_epochs(args.epochs)
-            config = config.with_overrides(**_overrides(args, args.index))
-        except (IndexError, KeyError, TypeError, ValueError) as exc:
-            log.error("%s", exc)
-            return 2
-        bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
-        result = train.run(config, mnist, grid_dir / config.name, index=args.index,
-                           grid=grid.name, progress_bar=bar)
-        return 0 if result["status"] in ("completed", "diverged") else 1
 
     from training import export
 
@@ -229,6 +233,46 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"exported version {version} to {args.model_base_path / str(version)}")
     return 0
+
+
+def _run(args: argparse.Namespace, grid: Grid, grid_dir: Path) -> int:
+    """One run, failing fast: its settings, then the devices, then the data, then training."""
+    if args.index is None:
+        log.error("run needs --index N (or $JOB_COMPLETION_INDEX)")
+        return 2
+    try:
+        config = grid.run(args.index)
+        if args.epochs is not None:
+            config = config.with_epochs(args.epochs)
+        config = config.with_overrides(**_overrides(args, args.index))
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    from training import devices
+
+    try:
+        found = devices.setup()
+        devices.check(found, require_gpu=devices.gpu_required(args.require_gpu),
+                      mixed_precision=config.mixed_precision)
+    except devices.DeviceError as exc:
+        log.error("%s", exc)
+        return 2
+    from training import data, train
+
+    try:
+        mnist = data.load(args.data_dir)
+    except data.DataError as exc:
+        log.error("%s", exc)
+        return 2
+    bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
+    result = train.run(config, mnist, grid_dir / config.name, index=args.index,
+                       grid=grid.name, progress_bar=bar)
+    return 0 if result["status"] in ("completed", "diverged") else 1
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ class RunConfig:
     epochs: int = 5  # the lab runs; the two recipe runs train for 30
     seed: int = 1
     train_limit: int | None = None  # train on the first N training images only (tests)
+    # Train in mixed precision on a GPU: Keras' mixed_float16 policy (float16 compute, float32
+    # weights, loss scaling), the logits in float32; the saved model is float32. Refused on
+    # a CPU (training/devices.py says why).
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -6,25 +6,32 @@ each with one intra-op and one inter-op thread. Each run is ``python -m training
 exactly what a pod of the Kubernetes Indexed Job executes. Finished runs are skipped, so a killed
 grid resumes where it stopped (and each run resumes from its last epoch). A run that fails is
 recorded as ``failed`` and the grid goes on.
+
+SIGTERM to the runner (training/preemption.py) is passed on to every run in progress, each of
+which saves its state and exits 143; no new run starts, nothing is recorded as failed, and the
+runner returns with those runs ``preempted``. Run the same command again: it resumes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from training import records
+from training import preemption, records
 from training.config import Grid, RunConfig
 
 log = logging.getLogger(__name__)
 
 # Relative cost of one epoch, to start the longest runs first (measured on a 2-core CPU).
 _MODEL_COST = {"softmax": 0.1, "lenet5": 1.0, "lenet5_bn": 3.0, "lenet5_bn_wide": 5.5}
+PREEMPTED = "preempted"  # a status of this runner only: stopped by SIGTERM, resumed next time
 
 
 def cost(config: RunConfig) -> float:
@@ -42,13 +49,44 @@ def run_dir_for(runs_dir: Path, config: RunConfig) -> Path:
     return runs_dir / config.name
 
 
-def _run_child(index: int, grid_spec: str, runs_dir: Path, data_dir: str | None,
-               overrides: list[str]) -> int:
+class _Children:
+    """The runs' processes: started unless the grid is stopping; SIGTERM passed on to them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def run(self, cmd: list[str]) -> int | None:
+        """The run's exit status, or None if the grid stopped before it started."""
+        with self._lock:
+            if self.stopping:
+                return None
+            process = subprocess.Popen(cmd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            self._running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def stop(self, signum: int, frame: object) -> None:  # a signal handler
+        with self._lock:
+            if not self.stopping:
+                log.warning("SIGTERM: stopping %d runs (each saves its state), starting no more",
+                            len(self._running))
+            self.stopping = True
+            for process in self._running:
+                process.send_signal(signal.SIGTERM)
+
+
+def _run_child(children: _Children, index: int, grid_spec: str, runs_dir: Path,
+               data_dir: str | None, overrides: list[str]) -> int | None:
     cmd = [sys.executable, "-m", "training", "run", "--grid", grid_spec, "--index", str(index),
            "--runs-dir", str(runs_dir), "--threads", "1", *overrides]
     if data_dir:
         cmd += ["--data-dir", data_dir]
-    return subprocess.call(cmd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return children.run(cmd)
 
 
 def run_grid(grid: Grid, runs_dir: Path, *, jobs: int, indexes: list[int] | None = None,
@@ -67,20 +105,36 @@ def run_grid(grid: Grid, runs_dir: Path, *, jobs: int, indexes: list[int] | None
     log.info("grid %s: %d runs, %d already done, %d to run with %d parallel processes",
              grid.name, len(selected), len(statuses), len(pending), jobs)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(_run_child, i, grid.spec, runs_dir, data_dir, overrides or []): i
-                   for i in pending}
-        for done, future in enumerate(as_completed(futures), start=1):
-            index = futures[future]
-            config = configs[index]
-            result = records.read_result(run_dir_for(grid_dir, config))
-            if future.result() != 0 or result is None:
-                result = {"name": config.name, "index": index, "grid": grid.name,
-                          "group": config.group, "status": records.FAILED,
-                          "config": config.to_dict(), "exit_code": future.result()}
-                records.write_json_atomic(run_dir_for(grid_dir, config) / records.RESULT_FILE, result)
-            statuses[index] = result["status"]
-            log.info("[%d/%d done, %.0fs] run %d %s: %s (validation %s)", done, len(pending),
-                     time.monotonic() - started, index, config.name, result["status"],
-                     result.get("validation_accuracy"))
+    children = _Children()
+    main_thread = threading.current_thread() is threading.main_thread()  # (signals: only there)
+    previous = signal.signal(signal.SIGTERM, children.stop) if main_thread else None
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(_run_child, children, i, grid.spec, runs_dir, data_dir,
+                                   overrides or []): i for i in pending}
+            for done, future in enumerate(as_completed(futures), start=1):
+                index = futures[future]
+                result = _record(grid, grid_dir, index, future.result())
+                statuses[index] = result["status"]
+                log.info("[%d/%d done, %.0fs] run %d %s: %s (validation %s)", done,
+                         len(pending), time.monotonic() - started, index, configs[index].name,
+                         result["status"], result.get("validation_accuracy"))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return statuses
+
+
+def _record(grid: Grid, grid_dir: Path, index: int, exit_code: int | None) -> dict:
+    """The result of a run that ended (or never started): a crash is recorded as failed."""
+    config = grid.runs[index]
+    # 143: stopped by SIGTERM; -15: ended by it before its handler was installed
+    if exit_code in (None, preemption.EXIT_PREEMPTED, -signal.SIGTERM):
+        return {"status": PREEMPTED}
+    result = records.read_result(run_dir_for(grid_dir, config))
+    if exit_code != 0 or result is None:
+        result = {"name": config.name, "index": index, "grid": grid.name,
+                  "group": config.group, "status": records.FAILED,
+                  "config": config.to_dict(), "exit_code": exit_code}
+        records.write_json_atomic(run_dir_for(grid_dir, config) / records.RESULT_FILE, result)
+    return result

@@ -5,16 +5,24 @@ A run directory holds everything of one run::
     <run_dir>/config.json       the RunConfig (a run can be resumed or re-exported without guessing)
     <run_dir>/backup/           training state (weights, optimizer, epoch) after every epoch:
                                 epoch-<n>/ directories, ``latest`` a symlink to the newest
+                                (epoch-<n>-batch-<k>/ when a SIGTERM stopped the run mid-epoch)
     <run_dir>/history.csv       per-epoch loss/accuracy/val_accuracy (appended across resumes)
     <run_dir>/tb/               TensorBoard: batch loss, epoch accuracies, graph, HParams
     <run_dir>/model.keras       the trained model (logits out), written when the run ends
     <run_dir>/result.json       the result record (the lab's keys + ours), written last, atomically
 
-Killed at any point, the same command resumes from the last finished epoch.
+Killed at any point, the same command resumes from the last finished epoch. Stopped by SIGTERM
+(training/preemption.py), the run saves its state at the end of the batch in progress and the
+same command resumes there, training only the rest of that epoch.
+
+On a GPU (training/devices.py): XLA (Keras' ``jit_compile="auto"``, off on a CPU), the distortion
+map in parallel with prefetching tuned by tf.data, and, when the config says so, mixed precision.
+On a CPU everything is as it was.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -31,7 +39,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 import contract
-from training import distortions, models
+from training import devices, distortions, models, preemption
 from training.config import RunConfig
 from training.data import Mnist
 from training.records import (
@@ -58,6 +66,10 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
     on). Here every epoch's state goes into a fresh ``epoch-<n>/`` directory, and the ``latest``
     symlink is swapped to it atomically once the weights and the epoch are both on disk; older
     epochs are then removed.
+
+    Mid-epoch, :meth:`save_partial` saves the state after the batches trained so far into
+    ``epoch-<n>-batch-<k>/`` the same way (a SIGTERM's last act); :meth:`saved_position` tells
+    the resumed run how much of that epoch is left to train.
     """
 
     LATEST = "latest"
@@ -66,25 +78,51 @@ class AtomicBackup(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
         self._root = Path(backup_dir)
         self._point_at(self._root / self.LATEST)
+        self._epoch = 0  # the epoch in progress
+        self._batch_offset = 0  # its batches trained before this fit (resumed mid-epoch)
 
     def _point_at(self, directory: Path) -> None:
         self._weights_path = str(directory / "latest.weights.h5")
         self._training_metadata_path = str(directory / "training_metadata.json")
 
+    def saved_position(self) -> tuple[int, int]:
+        """(epochs finished, batches of the next one trained) by the backup; (0, 0) if none."""
+        metadata = self._root / self.LATEST / "training_metadata.json"
+        if not metadata.exists():
+            return 0, 0
+        saved = json.loads(metadata.read_text())
+        return int(saved["epoch"]), int(saved.get("batch") or 0)
+
     def on_train_begin(self, logs=None) -> None:
         self._point_at(self._root / self.LATEST)  # nothing there: a fresh start
         self._load_model()
+        self._epoch, self._batch_offset = self.saved_position()
 
-    def _save_model(self) -> None:
-        final = self._root / f"epoch-{self._current_epoch}"
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if epoch != self._epoch:
+            self._batch_offset = 0
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        super().on_epoch_end(epoch, logs)
+        self._batch_offset = 0
+
+    def save_partial(self, batch: int) -> None:
+        """Save the state after ``batch`` (0-based, as Keras counts this fit's batches)."""
+        self._save(self._epoch, self._batch_offset + batch + 1)
+
+    def _save_model(self) -> None:  # Keras' hook, at the end of every epoch
+        self._save(self._current_epoch, 0)
+
+    def _save(self, epoch: int, batch: int) -> None:
+        final = self._root / (f"epoch-{epoch}" + (f"-batch-{batch}" if batch else ""))
         staging = final.with_name(final.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)  # an epoch repeated after a resume
         staging.mkdir(parents=True)
         self._point_at(staging)
         self.model.save_weights(self._weights_path, overwrite=True)
-        write_json_atomic(Path(self._training_metadata_path),
-                          {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        write_json_atomic(Path(self._training_metadata_path), {"epoch": epoch, "batch": batch})
         os.replace(staging, final)
         link = self._root / (self.LATEST + ".tmp")
         link.unlink(missing_ok=True)
@@ -103,7 +141,8 @@ def hparams_of(config: RunConfig) -> dict[str, Any]:
 
 def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed: int,
                     augment: keras.Sequential | None = None,
-                    elastic: tuple[float, float] | None = None) -> dict[str, Any]:
+                    elastic: tuple[float, float] | None = None,
+                    parallel: bool = False) -> dict[str, Any]:
     """``model.fit`` arguments for the training data, reshuffled every epoch (as the lab's
     ``next_batch`` did).
 
@@ -111,6 +150,15 @@ def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed:
     training set cost 17-20% with one thread (scripts/bench_training.py). Distortions need a
     tf.data map: ``augment`` alone (Keras' affine layers), or with ``elastic`` = (alpha, sigma)
     our affine + elastic field, resampled once (``augment`` only says whether affine is on).
+
+    ``parallel`` (on a GPU): the distortions run on as many CPU threads as tf.data finds useful
+    and batches are prefetched as deep as it tunes, so that the GPU never waits for the CPU. The
+    map stays ordered and every batch keeps its stateless seed, so with ``elastic`` the batches
+    are the same as without (``augment`` alone draws from Keras' stateful random layers, whose
+    draws may then go to other batches from run to run). On a CPU one map thread and two
+    batches ahead: the grid's runs are single-threaded side by side, and more threads would
+    only compete with the training step. (Keras' numpy path already maps and prefetches with
+    tf.data.AUTOTUNE.)
     """
     if augment is None and elastic is None:
         return {"x": images, "y": labels, "batch_size": batch, "shuffle": True}
@@ -128,20 +176,49 @@ def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed:
         return distortions.distort(x, pair, affine=augment is not None, alpha=alpha,
                                    sigma=sigma), y
 
-    ds = tf.data.Dataset.zip(ds, seeds).map(distort, num_parallel_calls=1)
-    return {"x": ds.prefetch(2), "shuffle": False}
+    threads, ahead = (tf.data.AUTOTUNE, tf.data.AUTOTUNE) if parallel else (1, 2)
+    ds = tf.data.Dataset.zip(ds, seeds).map(distort, num_parallel_calls=threads, deterministic=True)
+    return {"x": ds.prefetch(ahead), "shuffle": False}
 
 
 def compile_model(config: RunConfig, steps_per_epoch: int) -> keras.Model:
-    """The run's model, compiled: loss from logits, accuracy, no XLA (slower on our CPUs)."""
-    model = models.build(config)
+    """The run's model, compiled: loss from logits, accuracy. XLA as Keras' ``"auto"`` decides:
+    on a GPU, never on a CPU-only machine (slower on our CPUs)."""
+    model = _build(config)
     model.compile(
         optimizer=_optimizer(config, steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        jit_compile=False,
+        jit_compile="auto",
     )
     return model
+
+
+def _build(config: RunConfig) -> keras.Model:
+    """The run's model; with ``mixed_precision``, under Keras' mixed_float16 policy (float16
+    compute, float32 variables) with the logits cast to float32: the softmax and the loss must
+    be computed in float32 (Keras' rule for mixed precision, for numerical stability)."""
+    if not config.mixed_precision:
+        return models.build(config)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inner = models.build(config)
+        logits = keras.layers.Activation("linear", dtype="float32",
+                                         name="logits_float32")(inner.output)
+        return keras.Model(inner.input, logits, name=inner.name)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_model(model: keras.Model, config: RunConfig) -> keras.Model:
+    """A mixed-precision run's trained model as the float32 model a float32 run trains: its
+    weights were float32 all along; this is the model that is evaluated, saved and exported."""
+    if not config.mixed_precision:
+        return model
+    plain = models.build(config)
+    plain.set_weights(model.get_weights())
+    return plain
 
 
 def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -149,9 +226,12 @@ def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Opti
     if config.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(config.learning_rate,
                                                     decay_steps=config.epochs * steps_per_epoch)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr)
-    return keras.optimizers.Adam(lr)
+    optimizer = (keras.optimizers.SGD(lr) if config.optimizer == "sgd"
+                 else keras.optimizers.Adam(lr))
+    if config.mixed_precision:
+        # Dynamic loss scaling: float16 gradients of small losses would underflow to zero.
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 class _TensorBoard(keras.callbacks.TensorBoard):
@@ -166,6 +246,32 @@ class _TensorBoard(keras.callbacks.TensorBoard):
         super().on_train_begin(logs)
         self._global_train_batch = int(self.model.optimizer.iterations.numpy())
 
+    def flush(self) -> None:
+        """Write out what the writers hold (a SIGTERM must not lose the last batch losses)."""
+        for writer in self._writers.values():
+            writer.flush()
+
+
+class _StopOnSigterm(keras.callbacks.Callback):
+    """A SIGTERM during training (training/preemption.py): at the end of the batch in progress,
+    save the state mid-epoch and stop; after an epoch's last batch, stop once the epoch's own
+    backup is written (listed after the backup, so its on_epoch_end comes first)."""
+
+    def __init__(self, backup: AtomicBackup):
+        super().__init__()
+        self.backup = backup
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        steps = self.params.get("steps")
+        if preemption.requested() and (steps is None or batch + 1 < steps):
+            self.backup.save_partial(batch)
+            epoch, done = self.backup.saved_position()
+            log.info("saved the state after %d batches of epoch %d", done, epoch + 1)
+            raise preemption.Preempted("SIGTERM")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        preemption.check()
+
 
 class _EpochLog(keras.callbacks.Callback):
     """One progress line per epoch (the grid runs several runs side by side) + elapsed time."""
@@ -179,9 +285,12 @@ class _EpochLog(keras.callbacks.Callback):
     def elapsed(self) -> float:
         return self.previous + time.monotonic() - self.started
 
+    def save(self) -> None:
+        self.elapsed_file.write_text(f"{self.elapsed():.3f}")
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        self.elapsed_file.write_text(f"{self.elapsed():.3f}")
+        self.save()
         log.info("%s epoch %d/%d loss %.4f acc %.4f val_acc %.4f (%.0fs)", self.name, epoch + 1,
                  self.epochs, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
                  logs.get("val_accuracy", math.nan), self.elapsed())
@@ -201,7 +310,11 @@ def held_out_accuracies(model: keras.Model, data: Mnist) -> dict[str, float]:
 
 def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = None,
         grid: str | None = None, progress_bar: bool = False) -> dict[str, Any]:
-    """Train one run to the end (resuming if a backup exists) and write its result record."""
+    """Train one run to the end (resuming if a backup exists) and write its result record.
+
+    A SIGTERM (with training/preemption.py installed) raises :class:`preemption.Preempted` once
+    the state is saved; the same call later resumes from it.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
     keras.utils.set_random_seed(config.seed)
@@ -212,8 +325,9 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     steps = math.ceil(len(train_x) / config.batch_size)
     augment = models.augmenter(config.seed) if config.augment else None
     elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
+    found = devices.current()
     inputs = training_inputs(train_x, train_y, config.batch_size, seed=config.seed,
-                             augment=augment, elastic=elastic)
+                             augment=augment, elastic=elastic, parallel=devices.has_gpu(found))
 
     model = compile_model(config, steps)
     tb_dir = run_dir / "tb"
@@ -224,30 +338,54 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         spec = tf.TensorSpec((None, *contract.INPUT_SHAPE), tf.float32)
         tf.summary.graph(forward.get_concrete_function(spec).graph)
     epoch_log = _EpochLog(config.name, config.epochs, run_dir / "elapsed.txt")
+    backup = AtomicBackup(str(run_dir / "backup"))
+    tensorboard = _TensorBoard(str(tb_dir), update_freq="batch", write_graph=True)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         # CSV before the backup: a kill between the two repeats an epoch (deduplicated on
         # read) rather than losing its line.
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
-        AtomicBackup(str(run_dir / "backup")),
-        _TensorBoard(str(tb_dir), update_freq="batch", write_graph=True),
+        backup,
+        tensorboard,
         epoch_log,
+        _StopOnSigterm(backup),  # last: an epoch's line and backup are written first
     ]
-    log.info("%s: %d parameters, %d epochs of %d steps", config.name, model.count_params(),
-             config.epochs, steps)
+    log.info("%s: %d parameters, %d epochs of %d steps%s", config.name, model.count_params(),
+             config.epochs, steps, ", mixed precision" if config.mixed_precision else "")
     fit_args = dict(validation_data=(data.validation_images, data.validation_labels),
                     validation_batch_size=EVAL_BATCH, callbacks=callbacks,
                     verbose=1 if progress_bar else 0)
+
+    def fit(phase_inputs: dict[str, Any], first: int, last: int) -> list[float]:
+        """Epochs ``first`` to ``last - 1`` (Keras skips those the backup has finished); an
+        epoch that a SIGTERM interrupted first, for the batches it had left."""
+        epoch, done = backup.saved_position()
+        losses: list[float] = []
+        if done and first <= epoch < last:
+            log.info("%s: resuming epoch %d after its batch %d", config.name, epoch + 1, done)
+            losses += model.fit(**phase_inputs, initial_epoch=epoch, epochs=epoch + 1,
+                                steps_per_epoch=steps - done, **fit_args).history.get("loss", [])
+            if model.stop_training:  # the loss turned NaN
+                return losses
+        return losses + model.fit(**phase_inputs, initial_epoch=first, epochs=last,
+                                  **fit_args).history.get("loss", [])
+
     # Two phases when the last epochs train on clean images: the distorted input up to
     # ``distorted_epochs``, then the clean one. The backup carries the epoch across both (a
     # resumed run skips a finished phase: Keras starts at the backup's epoch) and the
     # optimizer's step, so the learning-rate schedule runs on as one.
     distorted_epochs = config.epochs - config.clean_epochs
-    losses = model.fit(**inputs, epochs=distorted_epochs, **fit_args).history.get("loss", [])
-    if config.clean_epochs and not model.stop_training:  # (stopped: the loss turned NaN)
-        clean = training_inputs(train_x, train_y, config.batch_size, seed=config.seed)
-        losses += model.fit(**clean, initial_epoch=distorted_epochs, epochs=config.epochs,
-                            **fit_args).history.get("loss", [])
+    try:
+        with preemption.deferred():  # a SIGTERM stops training at the end of a batch
+            losses = fit(inputs, 0, distorted_epochs)
+            if config.clean_epochs and not model.stop_training:  # (stopped: NaN loss)
+                clean = training_inputs(train_x, train_y, config.batch_size, seed=config.seed)
+                losses += fit(clean, distorted_epochs, config.epochs)
+    except preemption.Preempted:
+        epoch_log.save()
+        tensorboard.flush()
+        raise
+    model = float32_model(model, config)
     history = read_history(run_dir)  # all epochs, across resumes
     losses += [row["loss"] for row in history]
     diverged = any(not math.isfinite(x) for x in losses) or not all(
@@ -278,6 +416,7 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "tensorflow": tf.__version__,
+        "devices": [str(d) for d in found],
         "data_checksums": data.checksums,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

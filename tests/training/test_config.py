@@ -163,3 +163,28 @@ def test_the_runner_starts_the_costliest_runs_first():
     runs = config.grid("experiments")
     costs = {r.name: grid_runner.cost(r) for r in runs}
     assert costs["lenet5bn-recipe-elastic"] > costs["lenet5bn-recipe"] > costs["lenet5-recipe"]
+
+
+def test_mixed_precision_is_a_checked_setting_off_in_every_shipped_run():
+    grid = _grid("""
+        [defaults]
+        mixed_precision = true
+        [[runs]]
+        name = "a"
+        group = "g"
+        [[runs]]
+        name = "b"
+        like = "a"
+        mixed_precision = false
+        """)
+    assert [r.mixed_precision for r in grid.runs] == [True, False]
+    assert grid.runs[0].to_dict()["mixed_precision"] is True  # recorded with the run's config
+    with pytest.raises(GridError, match=r"run 0 \('a'\): mixed_precision must be bool"):
+        _grid('[[runs]]\nname = "a"\ngroup = "g"\nmixed_precision = 1')
+    run = config.run_config("lab", 12)
+    assert run.with_overrides(mixed_precision=True).mixed_precision is True
+    with pytest.raises(TypeError, match="mixed_precision must be bool"):
+        run.with_overrides(mixed_precision="yes")
+    # An option for GPU clusters: no shipped run changes.
+    for name in config.shipped_grids():
+        assert not any(r.mixed_precision for r in config.grid(name)), name
