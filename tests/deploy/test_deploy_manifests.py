@@ -151,7 +151,11 @@ def test_grid_failures_config_errors_fail_the_index_and_disruptions_are_ignored(
             for r in fail_index] == [("train", "In", [2])]  # argparse, bad data, GPU required and absent
     assert "train" in names
     ignore = [r for r in rules if r["action"] == "Ignore"]
-    assert [r["onPodConditions"] for r in ignore] == [[{"type": "DisruptionTarget", "status": "True"}]]
+    # Exit 143: the run caught SIGTERM, saved its state and resumes on the retry (training.preemption).
+    assert [r.get("onExitCodes") for r in ignore] == [
+        {"containerName": "train", "operator": "In", "values": [143]}, None]
+    assert [r.get("onPodConditions") for r in ignore] == [
+        None, [{"type": "DisruptionTarget", "status": "True"}]]
     # SIGTERM: the run saves and exits within seconds; the grace period leaves it room, not minutes.
     assert 30 <= job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] <= 120
 
