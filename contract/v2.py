@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import contract
-from contract.errors import InvalidArgument
+from contract.errors import InvalidArgument, NotFound
 
 # --- Datatypes ---------------------------------------------------------------------------------
 # V2 datatype name -> numpy dtype (little-endian on the wire). BYTES is variable-length (each
@@ -171,6 +171,19 @@ OUTPUTS: tuple[TensorMetadata, ...] = tuple(
 )
 INPUT = INPUTS[0]  # the one input, ``image`` FP32 [-1, 28, 28, 1]
 OUTPUTS_BY_NAME: dict[str, TensorMetadata] = {tensor.name: tensor for tensor in OUTPUTS}
+
+
+def parse_version(name: str, version: str | None) -> int | None:
+    """The version a V2 version string addresses: None or "" the default (None), "2" version 2.
+
+    V2 carries versions as strings; ours are integer directories, so any other string names a
+    version that is not there: NOT_FOUND, on REST and gRPC alike.
+    """
+    if not version:
+        return None
+    if version.isascii() and version.isdigit():
+        return int(version)
+    raise NotFound(f"model {name!r} has no version {version!r} (versions are integers)")
 
 
 def version_string(version: int) -> str:

@@ -41,7 +41,6 @@ from serving.tfserving_proto import (
 )
 from serving.v2_proto import (
     decode_infer_request,
-    decode_version,
     infer_response,
     model_metadata_response,
     require_model_name,
@@ -195,7 +194,7 @@ class InferenceHandlers:
     ) -> v2pb.ModelReadyResponse:
         name = require_model_name(request.name)
         try:
-            ready = self.dataplane.model_ready(name, decode_version(name, request.version))
+            ready = self.dataplane.model_ready(name, v2.parse_version(name, request.version))
         except NotFound:  # another model, or a version string that is no number
             ready = False
         return v2pb.ModelReadyResponse(ready=ready and self.dataplane.ready)
@@ -210,7 +209,7 @@ class InferenceHandlers:
     ) -> v2pb.ModelMetadataResponse:
         """The addressed version (``versions`` is it alone), or by default every AVAILABLE one."""
         name = require_model_name(request.name)
-        version = decode_version(name, request.version)
+        version = v2.parse_version(name, request.version)
         model = self.dataplane.resolve(name, version)  # NOT_FOUND, or UNAVAILABLE while none loaded
         versions = [model.version] if version is not None else self.dataplane.available_versions(name)
         return model_metadata_response(name, versions or [model.version])

@@ -98,15 +98,6 @@ def _parse_v2_path(rest: str) -> tuple[str, str | None, str]:
     return match["name"], match["version"], _V2_OPERATIONS[match["verb"] or ""]
 
 
-def _v2_version(name: str, version: str | None) -> int | None:
-    """V2 versions are strings: one that is not one of our integer versions is not there (404)."""
-    if version is None:
-        return None
-    if not (version.isascii() and version.isdigit()):
-        raise NotFound(f"model {name!r} has no version {version!r} (versions are integers)")
-    return int(version)
-
-
 def create_app(
     dataplane: DataPlane,
     *,
@@ -185,7 +176,7 @@ def create_app(
             raise error_for(
                 Code.UNIMPLEMENTED, f"{request.method} not allowed here; use {allowed}", http_status=405
             )
-        version = _v2_version(name, version_text)
+        version = v2.parse_version(name, version_text)
         if operation == v2.OP_INFER:
             body = decompress(request.get_data(), request.headers.get("Content-Encoding"), max_request_bytes)
             payload, header_length = v2_infer(

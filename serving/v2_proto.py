@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract import v2
-from contract.errors import InvalidArgument, NotFound
+from contract.errors import InvalidArgument
 from contract.proto import digits_v2_pb2 as pb
 
 # The typed ``contents`` field each datatype travels in (FP16 and BYTES have none we accept).
@@ -70,19 +70,6 @@ class InferRequest:
 
 
 # --- requests ----------------------------------------------------------------------------------
-def decode_version(name: str, version: str) -> int | None:
-    """The version a V2 version string addresses: "" the default (None), "2" version 2.
-
-    V2 carries versions as strings; ours are integer directories, so any other string names a
-    version that is not there: NOT_FOUND, the answer the REST routes give.
-    """
-    if not version:
-        return None
-    if version.isascii() and version.isdigit():
-        return int(version)
-    raise NotFound(f"model {name!r} has no version {version!r} (versions are integers)")
-
-
 def require_model_name(name: str) -> str:
     if not name:
         raise InvalidArgument("the model name is required")
@@ -222,7 +209,7 @@ def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     _refuse_unsupported("request", request.parameters)
     return InferRequest(
         model_name=name,
-        version=decode_version(name, request.model_version),
+        version=v2.parse_version(name, request.model_version),
         id=request.id,
         inputs=decode_inputs(request),
         outputs=decode_outputs(request),

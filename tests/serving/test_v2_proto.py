@@ -10,7 +10,6 @@ from contract.errors import InvalidArgument, NotFound
 from contract.proto import digits_v2_pb2 as pb
 from serving.v2_proto import (
     decode_infer_request,
-    decode_version,
     infer_response,
     model_metadata_response,
     server_metadata_response,
@@ -157,12 +156,12 @@ def test_unknown_or_repeated_outputs_are_refused(names: list[str], message: str)
 
 
 def test_versions_are_integers_and_anything_else_is_not_found() -> None:
-    assert decode_version(MODEL_NAME, "") is None
-    assert decode_version(MODEL_NAME, "12") == 12
+    assert v2.parse_version(MODEL_NAME, "") is None
+    assert v2.parse_version(MODEL_NAME, "12") == 12
     for text in ("stable", "-1", "٣", "1.0"):  # "٣" is a digit, but not an ASCII one
         expected = f"model 'lenet5' has no version '{text}' \\(versions are integers\\)"
         with pytest.raises(NotFound, match=expected):
-            decode_version(MODEL_NAME, text)
+            v2.parse_version(MODEL_NAME, text)
     with pytest.raises(NotFound):
         decode_infer_request(_request(model_version="canary"))
 
