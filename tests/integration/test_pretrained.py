@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from tests.integration.conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAINED = ROOT / "pretrained" / contract.MODEL_NAME
+REQUESTS = ROOT / "docs" / "requests"
 TOLERANCE = 0.0005  # 0.05 points: the server's ONNX model against the card's Keras figure
 
 
@@ -57,3 +59,35 @@ def test_served_shipped_model_scores_its_cards_test_accuracy(mnist_dir, tmp_path
         server.stop()
     accuracy = float(np.mean(np.concatenate(digits) == labels))
     assert accuracy >= card["metrics"]["test_accuracy"] - TOLERANCE, accuracy
+
+
+def _post(url: str, path: Path) -> dict:
+    request = urllib.request.Request(url, data=path.read_bytes(), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_the_readmes_request_files_are_mnist_test_image_0_and_answer_7(mnist_dir, tmp_path):
+    # README and docs/serving.md curl these files and print the answers: keep them true.
+    images, _ = load_split("t10k", str(mnist_dir))
+    expected = to_model_input(images[:1])
+    tf_file, v2_file = REQUESTS / "digit-7-mnist-t10k-0.json", REQUESTS / "digit-7-mnist-t10k-0.v2.json"
+    tf_request, v2_request = json.loads(tf_file.read_text()), json.loads(v2_file.read_text())
+    # (pixels written with 4 decimals, to keep the files readable)
+    np.testing.assert_allclose(np.asarray(tf_request["instances"], np.float32), expected, atol=5e-5)
+    (tensor,) = v2_request["inputs"]
+    assert (tensor["name"], tensor["datatype"], tensor["shape"]) == ("image", "FP32", [1, 28, 28, 1])
+    np.testing.assert_array_equal(np.asarray(tensor["data"], np.float32),
+                                  np.asarray(tf_request["instances"], np.float32))
+    server = start_server(PRETRAINED, tmp_path / "server.log")
+    try:
+        tf_answer = _post(f"{server.rest_url}/v1/models/lenet5:predict", tf_file)
+        v2_answer = _post(f"{server.rest_url}/v2/models/lenet5/infer", v2_file)
+    finally:
+        server.stop()
+    (prediction,) = tf_answer["predictions"]
+    assert prediction["digit"] == 7
+    outputs = {output["name"]: output for output in v2_answer["outputs"]}
+    assert v2_answer["id"] == v2_request["id"] and v2_answer["model_version"] == "1"
+    assert outputs["digit"]["data"] == [7]
+    assert outputs["probabilities"]["data"] == prediction["probabilities"]
