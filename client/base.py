@@ -1,9 +1,11 @@
-"""The client interface both protocols implement, and the plain results it returns.
+"""The client interface every protocol implements, and the plain results it returns.
 
 :class:`DigitsClient` is what callers program against; :mod:`client.rest_client` and
 :mod:`client.grpc_client` implement it by speaking TensorFlow Serving's own REST and gRPC APIs, so
-either works unchanged against TF Serving; :mod:`client.api` picks one. Results are plain
-dataclasses (here and in :mod:`contract.types`) and numpy arrays: no protobuf or JSON leaks out.
+either works unchanged against TF Serving; :mod:`client.v2_rest_client` and
+:mod:`client.v2_grpc_client` speak the Open Inference Protocol (V2); :mod:`client.api` picks one.
+Results are plain dataclasses (here and in :mod:`contract.types`) and numpy arrays: no protobuf or
+JSON leaks out.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def checked_prediction(
 
 
 class DigitsClient(abc.ABC):
-    """predict / status / metadata against one server, over REST or gRPC.
+    """predict / status / metadata / ready against one server, over REST or gRPC.
 
     Every call raises :class:`contract.errors.ServingError` (a subclass per status code) when the
     server refuses it or cannot be reached within ``timeout`` seconds.
@@ -121,6 +123,14 @@ class DigitsClient(abc.ABC):
     @abc.abstractmethod
     def metadata(self) -> ModelMetadata:
         """The addressed model version's signature map."""
+
+    def ready(self) -> bool:
+        """Whether the addressed model (version) can serve predictions now.
+
+        TF Serving's APIs say it through the version states; V2 clients ask the protocol's
+        readiness endpoint instead.
+        """
+        return any(v.available for v in self.status())
 
     @abc.abstractmethod
     def close(self) -> None:

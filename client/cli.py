@@ -5,6 +5,11 @@ Usage:
   python -m client predict mnist:t10k:0-9 --grpc 127.0.0.1:8500 --json
   python -m client status --grpc 127.0.0.1:8500 [--model-version 2 | --model-label stable]
   python -m client metadata --rest http://127.0.0.1:8501
+  python -m client predict mnist:t10k:0-9 --grpc 127.0.0.1:8500 --protocol v2
+  python -m client predict photo.png --rest http://127.0.0.1:8501 --protocol v2 --rest-format json
+
+``--protocol tfserving`` (the default) speaks TensorFlow Serving's REST and gRPC APIs,
+``--protocol v2`` the Open Inference Protocol (KServe V2, Triton, MLServer) on the same ports.
 
 Errors are one line on stderr; the exit code says what kind (see ``EXIT_CODES``), so scripts can
 tell a bad input from a refusing server from an absent one. The benchmark (``python -m loadtest``)
@@ -24,8 +29,10 @@ from typing import Any
 import numpy as np
 
 import contract
-from client.api import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, RestClient, connect
+from client.api import DEFAULT_TIMEOUT_S, PROTOCOLS, TFSERVING, V2, DigitsClient, ModelSpec, connect
 from client.images import InputImage, load_inputs
+from client.rest_client import COLUMNAR_FORMAT, ROW_FORMAT
+from client.v2_rest_client import TENSOR_FORMATS
 from contract.errors import DigitsError, InputError, ServingError
 
 log = logging.getLogger(__name__)
@@ -52,12 +59,21 @@ def _exit_code_for(error: ServingError) -> int:
     return EXIT_UNREACHABLE if error.unreachable else EXIT_REJECTED
 
 
+_REST_FORMATS = {TFSERVING: (ROW_FORMAT, COLUMNAR_FORMAT), V2: TENSOR_FORMATS}
+
+
 # --- argument parsing -----------------------------------------------------------------------------
 def _add_server_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("server")
     one = where.add_mutually_exclusive_group(required=True)
     one.add_argument("--rest", metavar="URL", help=f"REST base URL, e.g. http://HOST:{contract.REST_PORT}")
     one.add_argument("--grpc", metavar="HOST:PORT", help=f"gRPC target, e.g. HOST:{contract.GRPC_PORT}")
+    where.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=TFSERVING,
+        help="tfserving: TF Serving's APIs (default); v2: the Open Inference Protocol (KServe, Triton)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--model-name", default=contract.MODEL_NAME)
     pick = model.add_mutually_exclusive_group()
@@ -96,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--rest-format",
-        choices=("row", "columnar"),
-        default="row",
-        help="REST body: row (instances) or columnar (inputs)",
+        choices=_REST_FORMATS[TFSERVING] + _REST_FORMATS[V2],
+        help="REST body: row (instances, the default) or columnar (inputs) for tfserving; "
+        "binary (the binary tensor extension, the default) or json for v2",
     )
 
     status = commands.add_parser("status", help="the model's version states")
@@ -121,14 +137,24 @@ def _spec(args: argparse.Namespace) -> ModelSpec:
 
 
 def _client(args: argparse.Namespace) -> DigitsClient:
-    if args.rest:
-        return RestClient(
-            args.rest,
-            _spec(args),
-            timeout=args.timeout,
-            request_format=getattr(args, "rest_format", "row"),
-        )
-    return connect(grpc=args.grpc, spec=_spec(args), timeout=args.timeout)
+    rest_format = getattr(args, "rest_format", None)
+    if rest_format is not None and (args.grpc or rest_format not in _REST_FORMATS[args.protocol]):
+        where = "gRPC" if args.grpc else f"--protocol {args.protocol}"
+        raise ValueError(f"--rest-format {rest_format} is not for {where}")
+    return connect(
+        rest=args.rest,
+        grpc=args.grpc,
+        protocol=args.protocol,
+        spec=_spec(args),
+        timeout=args.timeout,
+        rest_format=rest_format,
+    )
+
+
+def _path_name(args: argparse.Namespace) -> str:
+    """``rest``/``grpc`` for TF Serving's APIs, ``v2-rest``/``v2-grpc`` for the V2 protocol."""
+    transport = "rest" if args.rest else "grpc"
+    return transport if args.protocol == TFSERVING else f"{args.protocol}-{transport}"
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -166,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         document = {
             "model": args.model_name,
             "version": version,
-            "protocol": "rest" if args.rest else "grpc",
+            "protocol": _path_name(args),
             "results": results,
             "errors": [{"input": e.source, "error": e.reason} for e in bad],
         }

@@ -119,12 +119,12 @@ def parse_status(response: pb.GetModelStatusResponse) -> list[VersionStatus]:
     ]
 
 
-def rpc_error(exc: grpc.RpcError) -> Exception:
+def rpc_error(exc: grpc.RpcError, protocol: str = PROTOCOL) -> Exception:
     """The :mod:`contract.errors` class for a failed call (code name + the server's details)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    return error_for(name, details or name, protocol=PROTOCOL)
+    return error_for(name, details or name, protocol=protocol)
 
 
 def channel_options() -> list[tuple[str, Any]]:

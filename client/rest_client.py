@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -183,35 +184,61 @@ class RestClient(DigitsClient):
 
     # -- transport ------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
-        url = self.base_url + path
         headers = {"Content-Type": "application/json"} if body is not None else None
-        try:
-            response = self._session.request(method, url, data=body, headers=headers, timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise DeadlineExceeded(
-                f"no answer from {url} within {self.timeout:g} s ({exc})",
-                protocol=PROTOCOL,
-            ) from None
-        except requests.ConnectionError as exc:
-            raise Unavailable(f"cannot reach {url}: {_root_cause(exc)}", protocol=PROTOCOL) from None
-        except requests.RequestException as exc:
-            raise Unavailable(f"{url}: {exc}", protocol=PROTOCOL) from None
-        log.debug("%s %s -> %s", method, url, response.status_code)
-        if response.status_code >= 400:
-            raise error_for(
-                code_for_http(response.status_code),
-                _error_message(response),
-                http_status=response.status_code,
-                protocol=PROTOCOL,
-            )
-        try:
-            return response.json()
-        except ValueError:
-            raise ProtocolError(
-                f"{url} answered {response.status_code} with a body that is not JSON: "
-                f"{response.text[:200]!r}",
-                protocol=PROTOCOL,
-            ) from None
+        url = self.base_url + path
+        response = http_call(self._session, method, url, body, headers, self.timeout, PROTOCOL)
+        return json_answer(response, PROTOCOL)
+
+
+def http_call(
+    session: requests.Session,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str] | None,
+    timeout: float,
+    protocol: str,
+    *,
+    accept: Collection[int] = (),
+) -> requests.Response:
+    """One HTTP request; a 2xx/3xx response (or one of ``accept``), else the error family's class
+    for what happened.
+
+    No answer in time is DEADLINE_EXCEEDED, no connection UNAVAILABLE, an HTTP error status the
+    gRPC code of TF Serving's table read backwards with the server's ``{"error": ...}`` text (the
+    V2 protocol uses the same body and the same statuses).
+    """
+    try:
+        response = session.request(method, url, data=body, headers=headers, timeout=timeout)
+    except requests.Timeout as exc:
+        raise DeadlineExceeded(
+            f"no answer from {url} within {timeout:g} s ({exc})", protocol=protocol
+        ) from None
+    except requests.ConnectionError as exc:
+        raise Unavailable(f"cannot reach {url}: {_root_cause(exc)}", protocol=protocol) from None
+    except requests.RequestException as exc:
+        raise Unavailable(f"{url}: {exc}", protocol=protocol) from None
+    log.debug("%s %s -> %s", method, url, response.status_code)
+    if response.status_code >= 400 and response.status_code not in accept:
+        raise error_for(
+            code_for_http(response.status_code),
+            _error_message(response),
+            http_status=response.status_code,
+            protocol=protocol,
+        )
+    return response
+
+
+def json_answer(response: requests.Response, protocol: str) -> Any:
+    """The response's JSON body; ProtocolError when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        raise ProtocolError(
+            f"{response.url} answered {response.status_code} with a body that is not JSON: "
+            f"{response.text[:200]!r}",
+            protocol=protocol,
+        ) from None
 
 
 def _error_message(response: requests.Response) -> str:

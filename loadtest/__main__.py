@@ -9,6 +9,9 @@ Usage:
       --users 1,4,16 --duration 10 --out reports/bench
   # or start our server over a model repository, measure it, stop it
   python -m loadtest --model-base-path models/lenet5 --server-args "--access_log false"
+  # the four wire paths side by side: TF Serving REST/gRPC, V2 REST (binary, JSON), V2 gRPC
+  python -m loadtest perf --model-base-path models/lenet5 --scenarios paths --rounds 5
+  python -m loadtest --model-base-path models/lenet5 --protocols rest,grpc,v2-rest,v2-json,v2-grpc
   # 64 digits per request, gRPC only
   python -m loadtest --model-base-path models/lenet5 --protocols grpc --users 1,4 \\
       --images-per-request 64 --out reports/bench-batch64

@@ -1,6 +1,9 @@
 """The serving benchmark: Locust headless over REST and gRPC at several concurrency levels.
 
-For each protocol and each number of users it runs ``loadtest/locustfile.py`` for a bounded time
+The paths (``--protocols``, :mod:`loadtest.paths`): TF Serving's REST and gRPC APIs (``rest``,
+``grpc``) and the Open Inference Protocol's REST with binary or JSON tensors and gRPC
+(``v2-rest``, ``v2-json``, ``v2-grpc``), on the same two ports. For each path and each number of
+users it runs ``loadtest/locustfile.py`` for a bounded time
 (as a master with ``--workers`` worker processes, or as one local process with ``--workers 0``),
 keeps Locust's own CSV, HTML and log beside the report, and writes (:mod:`loadtest.report`):
 
@@ -32,9 +35,8 @@ from pathlib import Path
 import contract
 from client.api import ModelSpec, connect
 from client.cli import EXIT_OK, EXIT_UNHEALTHY
-from client.grpc_client import PROTOCOL as GRPC
-from client.rest_client import PROTOCOL as REST
 from contract.errors import Unavailable
+from loadtest.paths import PATHS, parse_paths
 from loadtest.report import LevelResult, write_report
 from loadtest.server import StartedServer, cpu_seconds, free_port, start_server
 from loadtest.stats import read_live_stats  # plain JSON helpers: no Locust import
@@ -42,8 +44,7 @@ from loadtest.stats import read_live_stats  # plain JSON helpers: no Locust impo
 log = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-USER_CLASS = {REST: "RestDigitsUser", GRPC: "GrpcDigitsUser"}
-PROTOCOL_NAMES = {"rest": REST, "grpc": GRPC}
+USER_CLASS = {name: path.user_class for name, path in PATHS.items()}
 START_GRACE_S = 60  # Locust's start-up and shutdown beyond the run time, before we give up
 
 
@@ -72,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load = parser.add_argument_group("the load")
     load.add_argument(
         "--protocols",
-        help="rest, grpc or rest,grpc (measured in that order); default: each one the server was given for",
+        help="comma-separated paths: rest, grpc (TF Serving's APIs), v2-rest, v2-json, v2-grpc "
+        "(the V2 protocol: binary or JSON tensors, gRPC); measured in that order; default: rest "
+        "and/or grpc, each one the server was given for",
     )
     load.add_argument(
         "--users",
@@ -111,12 +114,8 @@ def parse_levels(text: str) -> list[int]:
 
 
 def parse_protocols(text: str) -> list[str]:
-    """``"grpc,rest"`` -> ``["REST", "gRPC"]`` (always REST first, as the report lists them)."""
-    names = [x.strip().lower() for x in text.split(",") if x.strip()]
-    unknown = sorted(set(names) - set(PROTOCOL_NAMES))
-    if not names or unknown:
-        raise ValueError(f"--protocols takes rest and/or grpc, got {text!r}")
-    return [PROTOCOL_NAMES[name] for name in PROTOCOL_NAMES if name in names]
+    """``"grpc,rest"`` -> ``["REST", "gRPC"]`` (always in :data:`loadtest.paths.PATHS` order)."""
+    return parse_paths(text)
 
 
 def check_arguments(args: argparse.Namespace) -> tuple[list[str], list[int]]:
@@ -135,13 +134,18 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[str], list[int]]:
         return protocols, levels
     if args.server_args:
         raise ValueError("--server-args is for the server started with --model-base-path")
-    where = {REST: args.rest, GRPC: args.grpc}
-    if not any(where.values()):
+    if not (args.rest or args.grpc):
         raise ValueError("give --rest URL and/or --grpc HOST:PORT, or --model-base-path DIR")
+    where = {name: _address(args, name) for name in protocols}
     missing = [p for p in protocols if not where[p]]
     if args.protocols and missing:
         raise ValueError(f"--protocols asks for {', '.join(missing)} but no address was given for it")
     return [p for p in protocols if where[p]], levels
+
+
+def _address(args: argparse.Namespace, path: str) -> str | None:
+    """The REST URL or gRPC target a path is sent to."""
+    return args.rest if PATHS[path].transport == "rest" else args.grpc
 
 
 def _locust_command(args: argparse.Namespace, users: int, prefix: Path, live_file: Path) -> list[str]:
@@ -176,7 +180,7 @@ def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
 
 def run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -> LevelResult:
     """One protocol at one level: Locust runs, the server's CPU is read around it."""
-    name = f"{protocol.lower()}-u{users}"
+    name = f"{PATHS[protocol].key}-u{users}"
     prefix = out / "locust" / name
     prefix.parent.mkdir(parents=True, exist_ok=True)
     live_file = out / "locust" / f"{name}-live.json"
@@ -194,7 +198,8 @@ def run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) ->
                 USER_CLASS[protocol],
             ]  # fmt: skip
             processes.append(_spawn(master, log_file))
-            processes += [_spawn(_worker_command(args, port), log_file) for _ in range(args.workers)]
+            worker = _worker_command(args, port) + [USER_CLASS[protocol]]  # encodes only its path
+            processes += [_spawn(worker, log_file) for _ in range(args.workers)]
         else:
             processes.append(_spawn(command + [USER_CLASS[protocol]], log_file))
         codes = _wait_all(processes, deadline=time.monotonic() + args.duration + START_GRACE_S)
@@ -259,8 +264,10 @@ def level_result(
     total = rows.get("Aggregated")
     if total is None:
         raise RuntimeError(f"{stats_file} has no Aggregated row")
-    requests = int(total["Request Count"])
     live = read_live_stats(live_file)
+    # Locust's final totals, as the locustfile recorded them at quit; its CSV can be a second old.
+    final = live.get("locust") or {}
+    requests = int(final.get("requests", total["Request Count"]))
     summary = live["summary"].get(protocol, {})
     latency = summary.get("latency_ms", {})
     generator = live.get("generator", {})
@@ -272,14 +279,14 @@ def level_result(
     def per_request(value: float) -> float:
         return value / requests * 1e6 if requests else math.nan
 
-    rps = float(total["Requests/s"])
+    rps = float(final.get("rps", total["Requests/s"]))
     return LevelResult(
         protocol=protocol,
         users=users,
         images_per_request=images_per_request,
         duration_s=duration,
         requests=requests,
-        failures=int(total["Failure Count"]),
+        failures=int(final.get("failures", total["Failure Count"])),
         rps=rps,
         images_per_s=rps * images_per_request,
         p50_ms=number(latency.get("p50")),
@@ -303,10 +310,12 @@ def check_server(args: argparse.Namespace, protocols: list[str]) -> None:
     """Fail fast, in one line, when a server is absent or its model is not AVAILABLE."""
     spec = ModelSpec(name=args.model_name)
     for protocol in protocols:
-        kind, where = ("rest", args.rest) if protocol == REST else ("grpc", args.grpc)
-        with connect(spec=spec, timeout=args.timeout, **{kind: where}) as client:
-            versions = client.status()
-        if not any(v.available for v in versions):
+        path, where = PATHS[protocol], _address(args, protocol)
+        with connect(
+            spec=spec, protocol=path.protocol, timeout=args.timeout, **{path.transport: where}
+        ) as client:
+            ready = client.ready()
+        if not ready:
             raise Unavailable(
                 f"model {args.model_name} has no AVAILABLE version at {where}", protocol=protocol
             )
@@ -342,9 +351,13 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"report: {md_path}  {csv_path}\nplot:   {png_path}\nLocust: {out / 'locust'}/")
     failed = sum(r.failures for r in results)
     empty = [f"{r.protocol} u={r.users}" for r in results if r.requests == 0]
-    if failed or empty:
+    # Locust exits 1 for failed requests, and also for exceptions in a user's task (a bug in the
+    # load test, invisible in the request statistics): the latter must not pass silently.
+    crashed = [f"{r.protocol} u={r.users}" for r in results if r.locust_exit_code != 0 and not r.failures]
+    if failed or empty or crashed:
         problems = [f"{failed} failed requests"] if failed else []
         problems += [f"no requests at {', '.join(empty)} (see its Locust log)"] if empty else []
+        problems += [f"Locust errors at {', '.join(crashed)} (see its Locust log)"] if crashed else []
         print(f"error: the benchmark saw {'; '.join(problems)}", file=sys.stderr)
         return EXIT_UNHEALTHY
     return EXIT_OK

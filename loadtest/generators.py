@@ -5,12 +5,14 @@ when the previous answer arrived; one generator thread, so the generator takes a
 shared machine's cores as it can. This module builds their command lines and inputs and reads
 their output; :mod:`loadtest.perf` runs them.
 
-- wrk POSTs one prepared JSON body (a Lua script reads it from a file); the script's ``done``
+- wrk POSTs one prepared body (a Lua script reads it from a file: TF Serving's JSON, or a V2
+  JSON or binary-extension body with its headers); the script's ``done``
   hook prints one ``PERF_JSON {...}`` line with the latency percentiles in microseconds and
   wrk's error counts, and wrk's own text (``--latency``) is read too (a fallback, and the
   ``Non-2xx or 3xx responses`` line, which the hook cannot see).
 - h2load sends a gRPC frame over h2c with prior knowledge: the body file is the frame itself
-  (1 byte flag 0, 4-byte big-endian length, a serialized ``PredictRequest``), with the headers
+  (1 byte flag 0, 4-byte big-endian length, a serialized ``PredictRequest`` or V2
+  ``ModelInferRequest``), with the headers
   ``content-type: application/grpc`` and ``te: trailers``. h2load counts HTTP statuses only, and
   gRPC errors come as HTTP 200 with a non-zero ``grpc-status`` trailer, so the benchmark also
   checks the server's own request counters and makes a real gRPC call. Its latency percentiles
@@ -78,7 +80,7 @@ local f = assert(io.open(%(body_path)s, "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+%(headers)s
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -91,9 +93,12 @@ end
 """
 
 
-def wrk_script(body_path: Path) -> str:
-    """The Lua script that makes wrk POST the body in ``body_path``."""
-    return WRK_SCRIPT % {"body_path": json.dumps(str(body_path))}
+def wrk_script(body_path: Path, headers: dict[str, str] | None = None) -> str:
+    """The Lua script that makes wrk POST the body in ``body_path`` with ``headers``
+    (default: a JSON content type; a V2 binary body also needs its header length)."""
+    headers = {"Content-Type": "application/json"} if headers is None else headers
+    lines = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
+    return WRK_SCRIPT % {"body_path": json.dumps(str(body_path)), "headers": lines}
 
 
 def wrk_command(

@@ -1,4 +1,8 @@
-"""The Locust file: REST and gRPC users sending MNIST test digits, plus live-accuracy statistics.
+"""The Locust file: users on four wire paths sending MNIST test digits, plus live-accuracy statistics.
+
+TF Serving's REST and gRPC APIs (``RestDigitsUser``, ``GrpcDigitsUser``) and the Open Inference
+Protocol's REST, binary or JSON tensors, and gRPC (``V2RestDigitsUser``, ``V2JsonRestDigitsUser``,
+``V2GrpcDigitsUser``), on the same ports; pick them by class name on the command line.
 
 Run it alone, or as master + workers (what the Kubernetes manifests run), from the repo root
 (the project is installed, so this file imports ``loadtest`` and ``client`` like any module):
@@ -29,14 +33,18 @@ from loadtest.stats import REPORT_KEY
 from loadtest.users import (
     DEFAULT_SAMPLE,
     GRPC,
+    PATH_BY_NAME,
     REST,
     DigitPool,
     GrpcDigitsUser,
     RestDigitsUser,
+    V2GrpcDigitsUser,
+    V2JsonRestDigitsUser,
+    V2RestDigitsUser,
     live_stats,
 )
 
-__all__ = ["GrpcDigitsUser", "RestDigitsUser"]
+__all__ = ["GrpcDigitsUser", "RestDigitsUser", "V2GrpcDigitsUser", "V2JsonRestDigitsUser", "V2RestDigitsUser"]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +93,23 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _encode_for_run(environment: Environment) -> None:
+    """The digit pool, with the requests of the run's user classes encoded (only those: a run of
+    one path does not pay for encoding the others)."""
+    pool = DigitPool.get(environment)
+    for user_class in environment.user_classes:
+        pool.encoded(user_class.protocol)
+
+
 @events.init.add_listener
 def _on_init(environment: Environment, **_kwargs: object) -> None:
     stats = live_stats(environment)
 
     @environment.events.request.add_listener
-    def _on_request(request_type: str, response_time: float, **_kw: object) -> None:
-        protocol = GRPC if request_type == GRPC else REST
-        stats.latency(protocol, response_time)
+    def _on_request(request_type: str, name: str, response_time: float, **_kw: object) -> None:
+        # The row name says the path; a request of another name counts by its transport.
+        path = PATH_BY_NAME.get(name) or (GRPC if request_type == GRPC else REST)
+        stats.latency(path, response_time)
 
     if isinstance(environment.runner, WorkerRunner):
 
@@ -110,7 +127,7 @@ def _on_init(environment: Environment, **_kwargs: object) -> None:
         # Encode the digits now, before this process takes part in a test. A worker's own options
         # may lack the MNIST directory the master will send; then it is loaded at test start.
         try:
-            DigitPool.get(environment)
+            _encode_for_run(environment)
         except DataError as exc:
             log.info("MNIST digits not loaded yet (%s); will load at test start", exc)
 
@@ -121,7 +138,7 @@ def _on_init(environment: Environment, **_kwargs: object) -> None:
         # Encode the digits before users start, so the first requests are not delayed by it
         # (and the encoding is not counted as load-generation CPU).
         if not isinstance(environment.runner, MasterRunner):
-            DigitPool.get(environment)
+            _encode_for_run(environment)  # done at init already, unless the digits were not there
         cpu_at_start[:] = [_cpu_seconds()]
 
     @environment.events.test_stop.add_listener
@@ -148,4 +165,6 @@ def _on_init(environment: Environment, **_kwargs: object) -> None:
                 summary["accuracy"],
             )
         if path:
-            stats.write(path)
+            total = environment.runner.stats.total
+            final = {"requests": total.num_requests, "failures": total.num_failures, "rps": total.total_rps}
+            stats.write(path, locust_totals=final)

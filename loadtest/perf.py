@@ -5,8 +5,11 @@ this mode drives the server with wrk (REST) and h2load (gRPC) instead (:mod:`loa
 and measures what docs/architecture.md sets targets for: requests/s, p50/p99 latency, and the
 server's CPU per request (user+sys of its whole process tree, read before and after each window,
 divided by the predict answers its own counters saw in that window), per scenario
-(:class:`loadtest.perf_report.Scenario`: REST and gRPC, one image at 1 and 16 connections, gRPC
-64 images per request).
+(:class:`loadtest.perf_report.Scenario`: a wire path, connections, images per request). The
+paths: TF Serving's REST ``:predict`` and gRPC ``Predict``, and the Open Inference Protocol's
+REST ``/infer`` with binary tensors (``v2-rest``) or JSON tensors (``v2-json``) and gRPC
+``ModelInfer`` with ``raw_input_contents`` (``v2-grpc``), each body as the client library
+encodes it.
 
 It starts our server over a model repository (``loadtest.server.start_server``, as the Locust mode
 does) and, for honest ratios, a baseline server in the same run: another git revision of this
@@ -44,17 +47,23 @@ from pathlib import Path
 import numpy as np
 
 import contract
-from client.api import ModelSpec, connect
+from client import v2_grpc_client, v2_rest_client
+from client.api import TFSERVING, ModelSpec, connect
 from client.cli import EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE
 from client.grpc_client import predict_request
 from client.rest_client import model_path, predict_body
+from contract import v2
 from contract.mnist import load_split, to_model_input
 from loadtest import generators as gen
+from loadtest.paths import BY_KEY
 from loadtest.perf_report import BASELINE, NEW, Round, Scenario, markdown, parse_scenarios
 from loadtest.server import StartedServer, cpu_seconds, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENARIOS = "rest-c1,rest-c16,grpc-c1,grpc-c16,grpc-b64-c1"
+# The four paths of the Open Inference Protocol issue, side by side (docs/performance.md).
+PATHS_SCENARIOS = ",".join(f"{key}-c{n}" for key in BY_KEY for n in (1, 16))
+PREDICT_METHODS = ("predict", "infer")  # the servers' method labels of an inference request
 _COUNTER = re.compile(r"^serving_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)", re.M)
 
 
@@ -97,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--scenarios",
         default=DEFAULT_SCENARIOS,
-        help=f"comma-separated rest|grpc[-bIMAGES]-cCONNECTIONS (default {DEFAULT_SCENARIOS})",
+        help=f"comma-separated {'|'.join(BY_KEY)}[-bIMAGES]-cCONNECTIONS (default {DEFAULT_SCENARIOS}); "
+        f"`paths`: every wire path at 1 and 16 connections ({PATHS_SCENARIOS})",
     )
     load.add_argument("--rounds", type=int, default=3, help="rounds per scenario and server (default 3)")
     load.add_argument("--duration", type=int, default=5, help="seconds per round (default 5)")
@@ -114,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> list[Scenario]:
     """The scenarios to run; ValueError for a command line that cannot work."""
-    scenarios = parse_scenarios(args.scenarios)
+    scenarios = parse_scenarios(PATHS_SCENARIOS if args.scenarios == "paths" else args.scenarios)
     if args.rounds < 1 or args.duration < 1 or args.warmup < 0:
         raise ValueError("--rounds and --duration must be >= 1, --warmup >= 0")
     if args.baseline_rev and args.baseline_source:
@@ -129,46 +139,82 @@ def check_arguments(args: argparse.Namespace) -> list[Scenario]:
 class Inputs:
     """The request files of one batch size, and the digits a correct server answers."""
 
-    rest_body: Path
-    wrk_script: Path
-    grpc_frame: Path
+    files: dict[str, Path]  # path -> its wrk script (REST paths) or its gRPC frame (gRPC paths)
     images: np.ndarray
 
 
+def _rest_file(out: Path, stem: str, body: bytes, headers: dict[str, str]) -> Path:
+    """The body and the wrk script that POSTs it; the script's path."""
+    (out / f"{stem}.body").write_bytes(body)
+    script = out / f"{stem}.lua"
+    script.write_text(gen.wrk_script((out / f"{stem}.body").resolve(), headers))
+    return script
+
+
 def prepare_inputs(sizes: set[int], mnist_dir: str | None, spec: ModelSpec, out: Path) -> dict[int, Inputs]:
-    """Bodies of the first MNIST test digits, as the client library encodes them."""
+    """Request files of the first MNIST test digits for every path, as the client library encodes them."""
     pixels = to_model_input(load_split("t10k", mnist_dir)[0][: max(sizes)])
+    json_headers = {"Content-Type": "application/json"}
     inputs = {}
     for n in sorted(sizes):
-        body, script, frame = out / f"rest-b{n}.json", out / f"wrk-b{n}.lua", out / f"grpc-b{n}.bin"
-        body.write_bytes(predict_body(pixels[:n], spec))
-        script.write_text(gen.wrk_script(body.resolve()))
-        frame.write_bytes(gen.grpc_frame(predict_request(pixels[:n], spec).SerializeToString()))
-        inputs[n] = Inputs(body, script, frame, pixels[:n])
+        batch = pixels[:n]
+        files = {"rest": _rest_file(out, f"rest-b{n}", predict_body(batch, spec), json_headers)}
+        for path, tensor_format in (("v2-rest", v2_rest_client.BINARY), ("v2-json", v2_rest_client.JSON)):
+            _, body, headers = v2_rest_client.infer_request(batch, spec, tensor_format=tensor_format)
+            files[path] = _rest_file(out, f"{path}-b{n}", body, headers)
+        grpc_messages = {
+            "grpc": predict_request(batch, spec),
+            "v2-grpc": v2_grpc_client.infer_request(batch, spec),
+        }
+        for path, message in grpc_messages.items():
+            files[path] = out / f"{path}-b{n}.bin"
+            files[path].write_bytes(gen.grpc_frame(message.SerializeToString()))
+        inputs[n] = Inputs(files, batch)
     return inputs
 
 
-def request_counts(text: str) -> dict[tuple[str, str, str], float]:
-    """``serving_requests_total`` of a Prometheus scrape: (api, method, code) -> count."""
-    counts: dict[tuple[str, str, str], float] = {}
+def request_counts(text: str) -> dict[tuple[str, str, str, str], float]:
+    """``serving_requests_total`` of a Prometheus scrape: (api, protocol, method, code) -> count.
+
+    A server without the ``protocol`` label (older revisions, TF Serving's API only) counts as
+    ``tfserving``.
+    """
+    counts: dict[tuple[str, str, str, str], float] = {}
     for match in _COUNTER.finditer(text):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        key = (labels.get("api", ""), labels.get("method", ""), labels.get("code", ""))
+        key = (
+            labels.get("api", ""),
+            labels.get("protocol", TFSERVING),
+            labels.get("method", ""),
+            labels.get("code", ""),
+        )
         counts[key] = counts.get(key, 0.0) + float(match["value"])
     return counts
 
 
-def scrape(rest_url: str) -> dict[tuple[str, str, str], float]:
+def scrape(rest_url: str) -> dict[tuple[str, str, str, str], float]:
     """The request counters of our server at ``rest_url`` (all its processes: one scrape)."""
     with urllib.request.urlopen(rest_url + contract.METRICS_PATH, timeout=30) as response:
         return request_counts(response.read().decode())
 
 
-def served_delta(before: dict, after: dict, api: str) -> tuple[int, int]:
-    """(predict answers, of which not OK) of ``api`` between two scrapes."""
-    keys = {k for k in (*before, *after) if k[0] == api and k[1] == "predict"}
+def served_delta(before: dict, after: dict, api: str, protocol: str = TFSERVING) -> tuple[int, int]:
+    """(inference answers, of which not OK) of ``api`` (rest/grpc) and ``protocol``
+    (tfserving/v2) between two scrapes."""
+    keys = {k for k in (*before, *after) if k[:2] == (api, protocol) and k[2] in PREDICT_METHODS}
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys}
-    return round(sum(delta.values())), round(sum(v for k, v in delta.items() if k[2] != "OK"))
+    return round(sum(delta.values())), round(sum(v for k, v in delta.items() if k[3] != "OK"))
+
+
+def target_url(server: StartedServer, scenario: Scenario, model_name: str) -> str:
+    """Where a scenario's requests go: the path's REST route or gRPC method on ``server``."""
+    spec = ModelSpec(name=model_name)
+    if scenario.protocol == "rest":
+        return server.rest_url + model_path(spec) + ":predict"
+    if scenario.api == "rest":
+        return server.rest_url + v2.infer_path(model_name)
+    method = contract.PREDICT_RPC if scenario.protocol == "grpc" else v2.MODEL_INFER_RPC
+    return f"http://{server.grpc_target}{method}"
 
 
 def run_round(
@@ -184,13 +230,12 @@ def run_round(
     duration = args.duration if index >= 0 else args.warmup
     log_file = work / f"h2load-{label}-{scenario.name}.log"
     log_file.unlink(missing_ok=True)  # never an earlier round's rows
-    if scenario.protocol == "rest":
-        url = server.rest_url + model_path(ModelSpec(name=args.model_name)) + ":predict"
-        command = gen.wrk_command(url, scenario.connections, duration, inputs.wrk_script, args.timeout)
+    url, request_file = target_url(server, scenario, args.model_name), inputs.files[scenario.protocol]
+    if scenario.api == "rest":
+        command = gen.wrk_command(url, scenario.connections, duration, request_file, args.timeout)
     else:
-        url = f"http://{server.grpc_target}{contract.PREDICT_RPC}"
         command = gen.h2load_command(
-            url, scenario.connections, duration, inputs.grpc_frame, log_file, args.timeout
+            url, scenario.connections, duration, request_file, log_file, args.timeout
         )
     before = scrape(server.rest_url)
     cpu_before = cpu_seconds(server.pid)
@@ -200,28 +245,43 @@ def run_round(
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} exited with {done.returncode}: {done.stderr.strip()[-800:]}")
     try:
-        if scenario.protocol == "rest":
+        if scenario.api == "rest":
             result = gen.parse_wrk(done.stdout)
         else:
             result = gen.parse_h2load(done.stdout, log_file.read_text() if log_file.exists() else "")
     except ValueError as exc:  # not a bad command line: the generator said something unexpected
         raise RuntimeError(str(exc)) from None
-    served, server_errors = served_delta(before, after, scenario.protocol)
+    served, server_errors = served_delta(before, after, scenario.api, scenario.wire_protocol)
     return Round(label, scenario.name, index, scenario.images, result.requests, result.duration_s, result.rps,
                  result.p50_ms, result.p99_ms, result.max_ms, result.errors, served, server_errors, cpu_s,
                  os.getloadavg()[0], result.detail)  # fmt: skip
 
 
-def verify(server: StartedServer, label: str, inputs: dict[int, Inputs], args: argparse.Namespace) -> None:
-    """A real REST and a real gRPC predict per batch size: well-formed, the same digits on both."""
+def verify(
+    server: StartedServer, label: str, inputs: dict[int, Inputs], paths: set[str], args: argparse.Namespace
+) -> None:
+    """A real predict per batch size on every path measured: well-formed, and the same answer on
+    each (bit-identical probabilities: one data plane behind every protocol)."""
     spec = ModelSpec(name=args.model_name)
     for n, item in inputs.items():
-        with connect(rest=server.rest_url, spec=spec, timeout=args.timeout) as rest:
-            by_rest = rest.predict(item.images).digits
-        with connect(grpc=server.grpc_target, spec=spec, timeout=args.timeout) as grpc:
-            by_grpc = grpc.predict(item.images).digits
-        if by_rest.tolist() != by_grpc.tolist() or len(by_rest) != n:
-            raise RuntimeError(f"{label} server: REST answered {by_rest.tolist()}, gRPC {by_grpc.tolist()}")
+        answers = {}
+        for key in sorted(paths | {"rest"}):
+            path = BY_KEY[key]
+            where = {"rest": server.rest_url} if path.transport == "rest" else {"grpc": server.grpc_target}
+            with connect(
+                **where, protocol=path.protocol, spec=spec, timeout=args.timeout, rest_format=path.rest_format
+            ) as c:
+                answers[key] = c.predict(item.images)
+        reference = answers["rest"]
+        for path, answer in answers.items():
+            same = np.array_equal(answer.digits, reference.digits) and np.array_equal(
+                answer.probabilities, reference.probabilities
+            )
+            if not same or len(answer) != n:
+                raise RuntimeError(
+                    f"{label} server: {path} answered {answer.digits.tolist()}, "
+                    f"TF Serving REST {reference.digits.tolist()} (or other probabilities)"
+                )
 
 
 def export_revision(rev: str, destination: Path) -> str:
@@ -306,13 +366,14 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
     inputs = prepare_inputs(
         {s.images for s in scenarios}, args.mnist_dir, ModelSpec(name=args.model_name), out / "work"
     )
+    paths = {s.protocol for s in scenarios}
     load_start = os.getloadavg()
     print(f"perf: starting the server(s) over {args.model_base_path} ...", flush=True)
     servers = start_servers(args, out)
     rounds: list[Round] = []
     try:
         for label, server, _ in servers:
-            verify(server, label, inputs, args)
+            verify(server, label, inputs, paths, args)
         for scenario in scenarios if args.warmup else ():
             for label, server, _ in servers:
                 run_round(server, label, scenario, inputs[scenario.images], args, -1, out / "work")
@@ -324,7 +385,7 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
                     rounds.append(r)
                     _progress(r, args.rounds)
         for label, server, _ in servers:
-            verify(server, label, inputs, args)
+            verify(server, label, inputs, paths, args)
     finally:
         for label, server, _ in servers:
             print(f"perf: stopping the {label} server (exit status {server.stop()})", flush=True)
@@ -384,9 +445,12 @@ def _header(
         f"{end} at the end",
         f"- command: `python -m loadtest perf {shlex.join(argv)}`",
         f"- new: {new}; baseline: {baseline or 'none'}; model: {args.model_base_path}",
-        f"- load: {_tool_version(['wrk', '--version'])} for REST (one thread, POST of the row-format JSON), "
-        f"{_tool_version(['h2load', '--version'])} for gRPC (one thread, one stream per connection, "
-        "`tensor_content` PredictRequest frames); closed loop; the first MNIST test digits; "
+        f"- load: {_tool_version(['wrk', '--version'])} for REST (one thread; POST of TF Serving's "
+        "row-format JSON to `:predict`, of a V2 JSON body (`v2-json`) or a V2 binary-extension body "
+        f"(`v2-rest`) to `/v2/models/M/infer`), {_tool_version(['h2load', '--version'])} for gRPC "
+        "(one thread, one stream per connection; `tensor_content` PredictRequest frames to "
+        "`Predict`, `raw_input_contents` ModelInferRequest frames to `ModelInfer`); closed loop; "
+        "the first MNIST test digits; "
         f"{args.rounds} rounds of {args.duration} s per scenario and server"
         + (", interleaved (the order alternating each round)" if baseline and not args.baseline_json else "")
         + "; medians. Server CPU = user+sys of the server's whole process tree per predict answer "

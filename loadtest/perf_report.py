@@ -15,17 +15,38 @@ import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
+from loadtest.paths import BY_KEY
+
 NEW, BASELINE = "new", "baseline"
-_SCENARIO = re.compile(r"^(?P<protocol>rest|grpc)(?:-b(?P<images>\d+))?-c(?P<connections>\d+)$")
+# A scenario's path is a key of loadtest.paths: rest, grpc (TF Serving's APIs), v2-rest (V2 REST
+# with binary tensors), v2-json (V2 REST with JSON tensors), v2-grpc.
+_SCENARIO = re.compile(
+    r"^(?P<protocol>" + "|".join(sorted(BY_KEY, key=len, reverse=True)) + r")"
+    r"(?:-b(?P<images>\d+))?-c(?P<connections>\d+)$"
+)
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One load: a protocol, closed-loop connections, images per request (``grpc-b64-c1``)."""
+    """One load: a wire path, closed-loop connections, images per request (``grpc-b64-c1``).
+
+    ``protocol`` is the path: ``rest`` / ``grpc`` (TF Serving's APIs), ``v2-rest`` (V2 REST with
+    binary tensors), ``v2-json`` (V2 REST with JSON tensors), ``v2-grpc`` (V2 gRPC).
+    """
 
     protocol: str
     connections: int
     images: int = 1
+
+    @property
+    def api(self) -> str:
+        """``rest`` or ``grpc``: the transport (the server's ``api`` metrics label)."""
+        return BY_KEY[self.protocol].transport
+
+    @property
+    def wire_protocol(self) -> str:
+        """``tfserving`` or ``v2`` (the server's ``protocol`` metrics label)."""
+        return BY_KEY[self.protocol].protocol
 
     @property
     def name(self) -> str:
@@ -37,7 +58,8 @@ class Scenario:
         match = _SCENARIO.match(text.strip().lower())
         if match is None:
             raise ValueError(
-                f"a scenario is rest|grpc[-bIMAGES]-cCONNECTIONS (e.g. grpc-b64-c1), got {text!r}"
+                f"a scenario is {'|'.join(BY_KEY)}[-bIMAGES]-cCONNECTIONS (e.g. grpc-b64-c1, "
+                f"v2-rest-c16), got {text!r}"
             )
         scenario = cls(match["protocol"], int(match["connections"]), int(match["images"] or 1))
         if scenario.connections < 1 or not 1 <= scenario.images <= 1024:

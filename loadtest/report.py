@@ -15,8 +15,7 @@ from pathlib import Path
 import matplotlib.ticker
 from matplotlib.figure import Figure  # the object API: no pyplot, no display, no global state
 
-from client.grpc_client import PROTOCOL as GRPC
-from client.rest_client import PROTOCOL as REST
+from loadtest.paths import PATHS
 
 
 @dataclass
@@ -105,8 +104,8 @@ def plot(results: list[LevelResult], path: Path) -> None:
     batched = any(r.images_per_request > 1 for r in results)
     fig = Figure(figsize=(11, 4.2))
     lat, thr = fig.subplots(1, 2)
-    colours = {REST: "tab:blue", GRPC: "tab:orange"}
-    for protocol in (REST, GRPC):
+    colours = dict(zip(PATHS, ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:red"), strict=True))
+    for protocol in PATHS:
         rows = sorted((r for r in results if r.protocol == protocol), key=lambda r: r.users)
         if not rows:
             continue

@@ -191,7 +191,9 @@ class LiveStats:
             }
         return out
 
-    def write(self, path: str | Path) -> None:
+    def write(self, path: str | Path, locust_totals: dict[str, float] | None = None) -> None:
+        """The summary, the generator's CPU and, when given, Locust's own final totals (its
+        ``--csv`` files are rewritten once a second, so they can miss the last second)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         document = {
@@ -202,6 +204,8 @@ class LiveStats:
             },
             "raw": self.to_dict(),
         }
+        if locust_totals is not None:
+            document["locust"] = locust_totals
         # NaN is not JSON; a protocol without answers has accuracy null
         path.write_text(json.dumps(_nan_to_none(document), indent=2) + "\n")
 

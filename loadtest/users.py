@@ -4,14 +4,19 @@
 * :class:`GrpcDigitsUser` is a plain ``User`` whose gRPC channel carries
   :class:`LocustInterceptor`, which fires Locust's ``request`` event for every call, as in Locust's
   own gRPC example, so both protocols land in the same statistics.
+* :class:`V2RestDigitsUser` POSTs the Open Inference Protocol's ``/v2/models/M/infer`` with the
+  binary tensor extension (as ``tritonclient`` does), :class:`V2JsonRestDigitsUser` the same with
+  JSON tensors, and :class:`V2GrpcDigitsUser` calls V2's gRPC ``ModelInfer`` with
+  ``raw_input_contents``: the same server, the same data plane, four wire paths side by side.
 
 A protocol error (HTTP/gRPC error status, an answer not shaped like TF Serving's) is a Locust
 failure; a well-formed answer with the wrong digit is a success for Locust and is counted in
 :mod:`loadtest.stats` as live accuracy instead. Users are closed-loop (no wait): the number
 of users is the number of requests in flight.
 
-Requests are encoded once per process (``DigitPool``) so the load generator spends its CPU on
-sending, not on JSON encoding, and the server is what gets measured. A request carries one digit,
+Requests are encoded once per process and path (``DigitPool``, before the test starts, for the
+paths of the run's user classes) so the load generator spends its CPU on sending, not on
+encoding, and the server is what gets measured. A request carries one digit,
 or ``--images-per-request`` digits (a batch: every digit of the answer is checked).
 """
 
@@ -38,22 +43,25 @@ from locust.contrib.fasthttp import FastHttpUser  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
 import contract  # noqa: E402
-from client import grpc_client, rest_client  # noqa: E402
+from client import v2_grpc_client, v2_rest_client  # noqa: E402
 from client.api import ModelSpec, Prediction  # noqa: E402
 from client.grpc_client import GrpcClient, predict_request  # noqa: E402
 from client.grpc_client import parse_predict_response as parse_grpc_answer  # noqa: E402
 from client.rest_client import model_path, predict_body  # noqa: E402
 from client.rest_client import parse_predict_response as parse_rest_answer  # noqa: E402
+from client.v2_grpc_client import V2GrpcClient  # noqa: E402
+from client.v2_grpc_client import parse_infer_response as parse_v2_grpc_answer  # noqa: E402
+from client.v2_rest_client import parse_infer_response as parse_v2_rest_answer  # noqa: E402
+from contract import v2  # noqa: E402
 from contract.errors import DigitsError, ProtocolError  # noqa: E402
 from contract.mnist import load_split, to_model_input  # noqa: E402
+from loadtest.paths import GRPC, PATHS, REST, V2_GRPC, V2_JSON, V2_REST  # noqa: E402
 from loadtest.stats import LiveStats  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-REST = rest_client.PROTOCOL
-GRPC = grpc_client.PROTOCOL
-REST_NAME = ":predict"  # Locust stats row names
-GRPC_NAME = "Predict"
+PATH_BY_NAME = {path.stats_name: name for name, path in PATHS.items()}  # stats row -> path
+REST_NAME, GRPC_NAME = PATHS[REST].stats_name, PATHS[GRPC].stats_name
 DEFAULT_SAMPLE = 1000  # test digits per process; enough for accuracy to within about 0.5 %
 _SAMPLE_SEED = 20240501  # the same sample in every worker
 
@@ -106,30 +114,47 @@ class DigitPool:
         pixels = to_model_input(images[self.indices])
         self.labels = labels[self.indices].astype(int).tolist()
         self.images_per_request = images_per_request
+        self.spec = spec
         self.rest_path = model_path(spec) + ":predict"
+        self.v2_path = v2.infer_path(spec.name)
         # Sample positions carried by each request: one each, or B consecutive ones.
         self.positions: list[np.ndarray] = [
             np.arange(k, k + images_per_request) % count for k in range(0, count, images_per_request)
         ]
-        self.rest_bodies: list[bytes] = []
-        self.grpc_requests = []
-        encoded = 0
-        for positions in self.positions:
-            batch = pixels[positions]
-            self.rest_bodies.append(predict_body(batch, spec))
-            self.grpc_requests.append(predict_request(batch, spec))
-            encoded += len(positions)
-            if encoded >= 50:
-                # Let Locust's heartbeat greenlet run: on a busy machine a worker that is silent
-                # for 3 s is declared missing and the master stops the test.
-                gevent.sleep(0)
-                encoded = 0
+        self._pixels = pixels
+        self._encoded: dict[str, list[Any]] = {}
         self._walk = itertools.count()
-        log.info(
-            "encoded %d MNIST test digits for REST and gRPC, %d per request",
-            count,
-            images_per_request,
-        )
+
+    def encoded(self, path: str) -> list[Any]:
+        """The requests of one wire path (one per entry of ``positions``), encoded on first use:
+        JSON bodies (REST), ``(body, headers)`` (V2 REST), protobuf messages (gRPC)."""
+        if path not in self._encoded:
+            encode = _ENCODERS[path]
+            requests, encoded = [], 0
+            for positions in self.positions:
+                requests.append(encode(self._pixels[positions], self.spec))
+                encoded += len(positions)
+                if encoded >= 50:
+                    # Let Locust's heartbeat greenlet run: on a busy machine a worker that is
+                    # silent for 3 s is declared missing and the master stops the test.
+                    gevent.sleep(0)
+                    encoded = 0
+            self._encoded[path] = requests
+            log.info(
+                "encoded %d MNIST test digits for %s, %d per request",
+                len(self),
+                path,
+                self.images_per_request,
+            )
+        return self._encoded[path]
+
+    @property
+    def rest_bodies(self) -> list[bytes]:
+        return self.encoded(REST)
+
+    @property
+    def grpc_requests(self) -> list[Any]:
+        return self.encoded(GRPC)
 
     @classmethod
     def get(cls, environment: Environment) -> DigitPool:
@@ -146,6 +171,23 @@ class DigitPool:
     def next_request(self) -> int:
         """The next request to send, cycling through the sample in its fixed order."""
         return next(self._walk) % len(self.positions)
+
+
+def _v2_rest(tensor_format: str) -> Callable[[np.ndarray, ModelSpec], tuple[bytes, dict[str, str]]]:
+    def encode(batch: np.ndarray, spec: ModelSpec) -> tuple[bytes, dict[str, str]]:
+        _, body, headers = v2_rest_client.infer_request(batch, spec, tensor_format=tensor_format)
+        return body, headers
+
+    return encode
+
+
+_ENCODERS: dict[str, Callable[[np.ndarray, ModelSpec], Any]] = {
+    REST: predict_body,
+    GRPC: predict_request,
+    V2_REST: _v2_rest(v2_rest_client.BINARY),
+    V2_JSON: _v2_rest(v2_rest_client.JSON),
+    V2_GRPC: v2_grpc_client.infer_request,
+}
 
 
 class _DigitsUserMixin:
@@ -188,7 +230,7 @@ class RestDigitsUser(_DigitsUserMixin, FastHttpUser):
         request = self._next()
         with self.client.post(
             self.pool.rest_path,
-            data=self.pool.rest_bodies[request],
+            data=self.pool.encoded(REST)[request],
             headers={"Content-Type": "application/json"},
             name=REST_NAME,
             catch_response=True,
@@ -251,18 +293,21 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
         return call
 
 
-class GrpcDigitsUser(_DigitsUserMixin, User):
-    """Calls TF Serving's gRPC ``Predict`` with MNIST test digits (one per request by default).
+class _GrpcDigitsUser(_DigitsUserMixin, User):
+    """A gRPC user: one channel carrying :class:`LocustInterceptor`, one task sending the pool's
+    prepared requests of its path. Subclasses say which client, RPC and decoder.
 
     The target is ``--grpc-target`` or, without it, the ``--host``'s name with the gRPC port.
     """
 
-    protocol = GRPC
+    abstract = True  # not a user Locust runs; and no @task here, so subclasses never inherit one
     wait_time = constant(0)
+    client_class: type[GrpcClient] | type[V2GrpcClient] = GrpcClient
+    answer_rpc = ""  # the method whose answers are decoded and checked
 
     def on_start(self) -> None:
         opts = options(self.environment)
-        self.grpc_client = GrpcClient(
+        self.grpc_client = self.client_class(
             grpc_target(opts.grpc_target, self.host),
             ModelSpec(name=opts.model_name),
             timeout=float(opts.request_timeout),
@@ -272,22 +317,101 @@ class GrpcDigitsUser(_DigitsUserMixin, User):
 
     def _check_answer(self, method: str, response: Any) -> None:
         """Decode the answer once, inside the timed call: a malformed one is a Locust failure."""
-        if method == contract.PREDICT_RPC:  # ProtocolError if malformed
-            self._answer = parse_grpc_answer(response, expected=self.pool.images_per_request)
+        if method == self.answer_rpc:  # ProtocolError if malformed
+            self._answer = self._decode(response, self.pool.images_per_request)
+
+    def _decode(self, response: Any, expected: int) -> Prediction:
+        raise NotImplementedError
+
+    def _send(self, request: Any) -> None:
+        raise NotImplementedError
 
     def on_stop(self) -> None:
         self.grpc_client.close()
 
-    @task
-    def predict(self) -> None:
+    def _predict(self) -> None:
         request = self._next()
         self._answer = None
         try:
-            self.grpc_client.send_predict(self.pool.grpc_requests[request])
+            self._send(self.pool.encoded(self.protocol)[request])
         except DigitsError:
             return  # already reported to Locust as a failure by the interceptor
         if self._answer is not None:
             self._count(request, self._answer.digits)
+
+
+class GrpcDigitsUser(_GrpcDigitsUser):
+    """Calls TF Serving's gRPC ``Predict`` with MNIST test digits (one per request by default)."""
+
+    protocol = GRPC
+    client_class = GrpcClient
+    answer_rpc = contract.PREDICT_RPC
+
+    def _decode(self, response: Any, expected: int) -> Prediction:
+        return parse_grpc_answer(response, expected=expected)
+
+    def _send(self, request: Any) -> None:
+        self.grpc_client.send_predict(request)
+
+    @task
+    def predict(self) -> None:
+        self._predict()
+
+
+class V2RestDigitsUser(_DigitsUserMixin, FastHttpUser):
+    """POSTs MNIST test digits to the V2 protocol's ``/v2/models/M/infer`` with binary tensors
+    (the ``Inference-Header-Content-Length`` extension, as ``tritonclient`` sends them)."""
+
+    protocol = V2_REST
+    stats_name = PATHS[V2_REST].stats_name
+    wait_time = constant(0)
+
+    @task
+    def predict(self) -> None:
+        request = self._next()
+        body, headers = self.pool.encoded(self.protocol)[request]
+        with self.client.post(
+            self.pool.v2_path, data=body, headers=headers, name=self.stats_name, catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {_error_text(response)}")
+                return
+            try:
+                answer = parse_v2_rest_answer(
+                    response.content or b"",
+                    response.headers.get(v2.HEADER_CONTENT_LENGTH),
+                    expected=self.pool.images_per_request,
+                )
+            except ProtocolError as exc:
+                response.failure(f"malformed answer: {exc}")
+                return
+        self._count(request, answer.digits)
+
+
+class V2JsonRestDigitsUser(V2RestDigitsUser):
+    """:class:`V2RestDigitsUser` with JSON tensors (``"data"`` lists) both ways."""
+
+    protocol = V2_JSON
+    stats_name = PATHS[V2_JSON].stats_name
+
+
+class V2GrpcDigitsUser(_GrpcDigitsUser):
+    """Calls the V2 protocol's gRPC ``ModelInfer`` with ``raw_input_contents`` (the same target
+    as :class:`GrpcDigitsUser`: V2 and TF Serving's gRPC share the port)."""
+
+    protocol = V2_GRPC
+    client_class = V2GrpcClient
+    answer_rpc = v2.MODEL_INFER_RPC
+
+    def _decode(self, response: Any, expected: int) -> Prediction:
+        return parse_v2_grpc_answer(response, expected=expected)
+
+    def _send(self, request: Any) -> None:
+        self.grpc_client.send_infer(request)
+
+    @task
+    def predict(self) -> None:
+        self._predict()
 
 
 def grpc_target(explicit: str, host: str | None) -> str:

@@ -206,8 +206,9 @@ def test_client_never_imports_tensorflow() -> None:
     _imports_in_fresh_python(
         "import sys\n"
         "import client, client.cli, client.api, client.rest_client, client.grpc_client, client.images\n"
+        "import client.v2_rest_client, client.v2_grpc_client\n"
         "import contract.mnist\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'onnxruntime', "
-        "'training', 'serving', 'loadtest', 'locust', 'gevent', 'matplotlib'})\n"
+        "'training', 'serving', 'loadtest', 'locust', 'gevent', 'matplotlib', 'tritonclient'})\n"
         "assert not bad, bad\n"
     )

@@ -1,4 +1,5 @@
-"""The client library and ``python -m client`` against the real server, over REST and gRPC."""
+"""The client library and ``python -m client`` against the real server, over REST and gRPC, in
+TF Serving's APIs and in the Open Inference Protocol (V2)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 
 import contract
-from client.api import ModelSpec
-from client.cli import EXIT_INPUT, EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE
+from client.api import ModelSpec, V2GrpcClient, V2RestClient
+from client.cli import EXIT_INPUT, EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
 from client.grpc_client import GrpcClient
 from client.rest_client import COLUMNAR_FORMAT, RestClient
+from client.v2_rest_client import JSON
+from contract import v2
 from contract.errors import InvalidArgument, NotFound, Unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +161,89 @@ def test_cli_errors_are_one_line_with_documented_exit_codes(running_server, tmp_
         assert "Traceback" not in result.stderr
     usage = cli("predict", sample)  # neither --rest nor --grpc
     assert usage.returncode == 2
+
+
+# --- the Open Inference Protocol (V2) --------------------------------------------------------------
+def _v2_clients(server, spec: ModelSpec | None = None) -> list:
+    return [
+        V2RestClient(server.rest_url, spec, timeout=10),
+        V2RestClient(server.rest_url, spec, timeout=10, tensor_format=JSON),
+        V2GrpcClient(server.grpc_target, spec, timeout=10),
+    ]
+
+
+def test_v2_clients_answer_exactly_as_tf_servings_api(running_server, mnist_test) -> None:
+    """One data plane: V2 binary, V2 JSON and V2 gRPC give TF Serving gRPC's answer bit for bit."""
+    images = mnist_test[0][:32]
+    with GrpcClient(running_server.grpc_target, timeout=10) as grpc:
+        reference = grpc.predict(images)
+    for client in _v2_clients(running_server):
+        with client:
+            answer = client.predict(images)
+            np.testing.assert_array_equal(answer.probabilities, reference.probabilities)
+            np.testing.assert_array_equal(answer.digits, reference.digits)
+            assert answer.model_version == 1
+            assert client.ready() and client.server_ready() and client.server_live()
+            assert [(s.version, s.state) for s in client.status()] == [(1, "AVAILABLE")]
+            meta = client.metadata()
+            signature = meta.signatures[contract.SIGNATURE_NAME]
+            assert (meta.name, meta.version, signature.method_name) == ("lenet5", 1, v2.PLATFORM)
+            assert signature.inputs["image"].shape == (None, *contract.INPUT_SHAPE)
+            assert signature.inputs["image"].dtype == "FP32" and set(signature.outputs) == {
+                "probabilities",
+                "digit",
+            }
+            server = client.server_metadata()
+            assert server.name == v2.SERVER_NAME and "binary_tensor_data" in server.extensions
+
+
+def test_v2_errors_are_the_same_family(running_server, mnist_test) -> None:
+    image = mnist_test[0][:1]
+    for client in _v2_clients(running_server, ModelSpec(version=99)):
+        with client, pytest.raises(NotFound) as caught:
+            client.predict(image)
+        assert caught.value.code == "NOT_FOUND" and "99" in caught.value.message
+        assert caught.value.protocol == client.protocol
+    for client in _v2_clients(running_server):
+        with client, pytest.raises(InvalidArgument) as bad:
+            client.predict(np.full_like(image, 255.0))  # bytes, not scaled to [0, 1]
+        assert bad.value.http_status == 400 and bad.value.message
+    for client in _v2_clients(running_server, ModelSpec(name="resnet")):
+        with client:
+            with pytest.raises(NotFound):
+                client.ready()
+            with pytest.raises(NotFound):
+                client.metadata()
+    with V2GrpcClient("127.0.0.1:9", timeout=3) as absent, pytest.raises(Unavailable):
+        absent.server_ready()
+
+
+def test_cli_over_v2_rest_and_grpc(running_server, mnist_dir: Path) -> None:
+    rest, grpc = ("--rest", running_server.rest_url), ("--grpc", running_server.grpc_target)
+    documents = {}
+    for where, extra in ((rest, ()), (rest, ("--rest-format", "json")), (grpc, ())):
+        result = cli(
+            "predict", "mnist:t10k:0-9", *where, "--protocol", "v2", "--json", *extra, mnist_dir=mnist_dir
+        )
+        assert result.returncode == EXIT_OK, result.stderr
+        documents[(where[0], *extra)] = document = json.loads(result.stdout)
+        assert document["version"] == 1
+        assert [r["digit"] for r in document["results"]] == [r["label"] for r in document["results"]]
+    assert documents[("--rest",)]["protocol"] == "v2-rest" and documents[("--grpc",)]["protocol"] == "v2-grpc"
+    first = [[r["probabilities"] for r in d["results"]] for d in documents.values()]
+    assert first[0] == first[1] == first[2]
+    meta = cli("metadata", *grpc, "--protocol", "v2")
+    assert meta.returncode == EXIT_OK and "input  image: FP32 [-1, 28, 28, 1]" in meta.stdout
+    for args, code, words in [
+        (("status", *rest, "--protocol", "v2"), EXIT_OK, "version 1: AVAILABLE"),
+        (("status", *grpc, "--protocol", "v2", "--model-version", "7"), EXIT_REJECTED, "V2 gRPC NOT_FOUND"),
+        (("status", *rest, "--protocol", "v2", "--model-label", "stable"), EXIT_USAGE, "no version labels"),
+        (
+            ("predict", "mnist:t10k:0", *grpc, "--protocol", "v2", "--rest-format", "json"),
+            EXIT_USAGE,
+            "not for",
+        ),
+    ]:
+        result = cli(*args, mnist_dir=mnist_dir)
+        assert result.returncode == code, (args, result.stderr)
+        assert words in result.stdout + result.stderr, (args, result.stdout, result.stderr)

@@ -56,7 +56,8 @@ def test_bench_runs_master_and_workers_over_both_protocols(
         # Locust's own outputs are kept beside the report and agree with it
         name = f"{protocol.lower()}-u3"
         locust_row = _aggregated(out / "locust" / f"{name}_stats.csv")
-        assert int(locust_row["Request Count"]) == int(row["requests"])
+        # Locust rewrites its CSV once a second: it may miss the last second, never add to it
+        assert 0 < int(locust_row["Request Count"]) <= int(row["requests"])
         assert (out / "locust" / f"{name}.html").stat().st_size > 1000
         live = read_live_stats(out / "locust" / f"{name}-live.json")["summary"][protocol]
         assert live["answers"] == int(row["answers"])
@@ -65,31 +66,35 @@ def test_bench_runs_master_and_workers_over_both_protocols(
     assert (out / "latency.png").stat().st_size > 10_000
 
 
-def test_locustfile_runs_alone_with_both_users(running_server, mnist_dir: Path, tmp_path: Path) -> None:
-    """The plain ``locust -f loadtest/locustfile.py`` form, one local process, both user classes."""
+def test_locustfile_runs_alone_with_every_user(running_server, mnist_dir: Path, tmp_path: Path) -> None:
+    """The plain ``locust -f loadtest/locustfile.py`` form, one local process, the five user
+    classes (TF Serving REST and gRPC, V2 REST binary and JSON, V2 gRPC) side by side."""
     live_file = tmp_path / "live.json"
     result = subprocess.run(
         [
             sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
-            "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "5",
+            "-u", "5", "-r", "5", "-t", "3s", "--stop-timeout", "5",
             "--host", running_server.rest_url, "--grpc-target", running_server.grpc_target,
             "--mnist-dir", str(mnist_dir), "--mnist-sample", "200",
             "--csv", str(tmp_path / "run"), "--live-stats-file", str(live_file),
             "--only-summary", "--loglevel", "WARNING",
             "RestDigitsUser", "GrpcDigitsUser",
+            "V2RestDigitsUser", "V2JsonRestDigitsUser", "V2GrpcDigitsUser",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "run_stats.csv", newline="") as f:
         rows = {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
-    assert int(rows[("POST", ":predict")]["Request Count"]) > 20
-    assert int(rows[("gRPC", "Predict")]["Request Count"]) > 20
-    assert int(rows[("", "Aggregated")]["Failure Count"]) == 0
+    for row in (("POST", ":predict"), ("gRPC", "Predict"), ("POST", "infer"), ("POST", "infer (json)"),
+                ("gRPC", "ModelInfer")):  # fmt: skip
+        assert int(rows[row]["Request Count"]) > 20, row
+    assert int(rows[("", "Aggregated")]["Failure Count"]) == 0, rows[("", "Aggregated")]
     summary = read_live_stats(live_file)["summary"]
-    for protocol in ("REST", "gRPC"):
-        assert summary[protocol]["answers"] > 20
-        assert summary[protocol]["accuracy"] > 0.95
+    for protocol in ("REST", "gRPC", "V2 REST", "V2 REST JSON", "V2 gRPC"):
+        assert summary[protocol]["answers"] > 20, protocol  # every answer's digit was checked
+        assert summary[protocol]["accuracy"] > 0.95, protocol
+        assert summary[protocol]["latency_ms"]["p50"] > 0, protocol
 
 
 def test_bench_starts_its_own_server_and_sends_batches(

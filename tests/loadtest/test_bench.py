@@ -29,6 +29,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_protocols_and_server_options_are_checked() -> None:
     assert parse_protocols("grpc,REST") == ["REST", "gRPC"]  # always REST first, as reported
+    assert parse_protocols("v2-grpc, v2-json,grpc,v2-rest") == ["gRPC", "V2 REST", "V2 REST JSON", "V2 gRPC"]
     for bad in ("", "http", "rest,soap"):
         with pytest.raises(ValueError, match="--protocols"):
             parse_protocols(bad)
@@ -37,11 +38,13 @@ def test_protocols_and_server_options_are_checked() -> None:
     assert check_arguments(_args(*rest)) == (["REST"], [1, 4, 16])
     assert check_arguments(_args(*rest, *grpc, "--users", "2")) == (["REST", "gRPC"], [2])
     assert check_arguments(_args(*rest, *grpc, "--protocols", "grpc"))[0] == ["gRPC"]
+    assert check_arguments(_args(*rest, "--protocols", "rest,v2-json"))[0] == ["REST", "V2 REST JSON"]
     # ours, started over a repository, speaks both
     assert check_arguments(_args("--model-base-path", "m"))[0] == ["REST", "gRPC"]
     for argv, words in [
         ((), "--model-base-path"),
         ((*rest, "--protocols", "grpc"), "no address"),
+        ((*rest, "--protocols", "v2-grpc"), "no address"),
         (("--model-base-path", "m", *grpc), "not both"),
         (("--model-base-path", "m", "--server-pid", "1"), "not both"),
         ((*rest, "--server-args", "--num_workers 1"), "--server-args"),
@@ -88,6 +91,11 @@ def test_level_result_from_locust_and_live_files(tmp_path: Path) -> None:
     assert row.p50_ms == pytest.approx(3.0, rel=0.01) and row.max_ms == 9.0
     unknown = level_result("gRPC", 4, 8, 10.0, stats_csv, tmp_path / "live.json", math.nan, 0)
     assert math.isnan(unknown.server_cpu_us_per_request)  # no pid: unknown, never 0
+    # Locust's final totals, recorded by the locustfile at quit, win over its CSV (a second old)
+    live.write(tmp_path / "final.json", locust_totals={"requests": 520, "failures": 3, "rps": 52.0})
+    final = level_result("gRPC", 4, 8, 10.0, stats_csv, tmp_path / "final.json", 0.52, 0)
+    assert (final.requests, final.failures, final.rps) == (520, 3, 52.0)
+    assert final.server_cpu_us_per_request == pytest.approx(1000.0)
     stats_csv.write_text("Type,Name,Request Count,Failure Count,Requests/s\ngRPC,Predict,1,0,1.0\n")
     with pytest.raises(RuntimeError, match="Aggregated"):
         level_result("gRPC", 4, 8, 10.0, stats_csv, tmp_path / "live.json", 0.4, 0)

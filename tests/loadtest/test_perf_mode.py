@@ -7,10 +7,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contract import INPUT_NAME, MODEL_NAME
 from contract.proto import digits_tfserving_pb2 as pb
+from contract.proto import digits_v2_pb2 as v2_pb
 from loadtest import generators as gen
 from loadtest import perf
 from loadtest.__main__ import main
@@ -156,6 +158,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_options_are_checked() -> None:
     assert len(perf.check_arguments(_args())) == 5
+    every_path = perf.check_arguments(_args("--scenarios", "paths"))
+    assert len(every_path) == 10 and [s.name for s in every_path][-2:] == ["v2-grpc-c1", "v2-grpc-c16"]
     for argv, words in [
         (("--rounds", "0"), "--rounds"),
         (("--baseline-rev", "HEAD", "--baseline-source", "x"), "not both"),
@@ -176,17 +180,66 @@ def test_missing_generators_are_named_with_how_to_install(monkeypatch, capsys, t
 def test_server_counters_from_a_scrape() -> None:
     text = (
         "# HELP serving_requests_total Requests\n"
-        'serving_requests_total{api="rest",code="OK",method="predict"} 120.0\n'
-        'serving_requests_total{api="rest",code="INVALID_ARGUMENT",method="predict"} 2.0\n'
-        'serving_requests_total{api="grpc",code="OK",method="predict"} 7.0\n'
-        'serving_requests_total{api="grpc",code="OK",method="status"} 9.0\n'
-        'serving_requests_created{api="grpc",code="OK",method="status"} 1.7e9\n'
+        'serving_requests_total{api="rest",code="OK",method="predict",protocol="tfserving"} 120.0\n'
+        'serving_requests_total{api="rest",code="INVALID_ARGUMENT",method="predict",'
+        'protocol="tfserving"} 2.0\n'
+        'serving_requests_total{api="grpc",code="OK",method="predict",protocol="tfserving"} 7.0\n'
+        'serving_requests_total{api="grpc",code="OK",method="status",protocol="tfserving"} 9.0\n'
+        'serving_requests_total{api="rest",code="OK",method="infer",protocol="v2"} 30.0\n'
+        'serving_requests_total{api="grpc",code="OK",method="predict",protocol="v2"} 40.0\n'
+        'serving_requests_total{api="grpc",code="OK",method="model_ready",protocol="v2"} 1.0\n'
+        'serving_requests_created{api="grpc",code="OK",method="status",protocol="tfserving"} 1.7e9\n'
     )
     before = perf.request_counts(text)
-    assert before[("rest", "predict", "OK")] == 120 and len(before) == 4
-    after = {**before, ("rest", "predict", "OK"): 220.0, ("rest", "predict", "NOT_FOUND"): 1.0}
+    assert before[("rest", "tfserving", "predict", "OK")] == 120 and len(before) == 7
+    after = {
+        **before,
+        ("rest", "tfserving", "predict", "OK"): 220.0,
+        ("rest", "tfserving", "predict", "NOT_FOUND"): 1.0,
+        ("rest", "v2", "infer", "OK"): 35.0,
+        ("rest", "v2", "infer", "INVALID_ARGUMENT"): 2.0,
+        ("grpc", "v2", "predict", "OK"): 50.0,
+    }
     assert perf.served_delta(before, after, "rest") == (101, 1)
     assert perf.served_delta(before, after, "grpc") == (0, 0)
+    assert perf.served_delta(before, after, "rest", "v2") == (7, 2)  # not the TF Serving ones
+    assert perf.served_delta(before, after, "grpc", "v2") == (10, 0)  # readiness calls not counted
+    # a server from before the protocol label (a baseline revision) speaks TF Serving's API only
+    old = perf.request_counts('serving_requests_total{api="rest",code="OK",method="predict"} 5.0\n')
+    assert old == {("rest", "tfserving", "predict", "OK"): 5.0}
+
+
+def test_every_path_gets_the_request_files_the_client_library_would_send(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    (inputs,) = perf.prepare_inputs({2}, str(mnist_dir), perf.ModelSpec(), tmp_path).values()
+    assert set(inputs.files) == {"rest", "grpc", "v2-rest", "v2-json", "v2-grpc"}
+    binary_script = inputs.files["v2-rest"].read_text()
+    body = (tmp_path / "v2-rest-b2.body").read_bytes()
+    header_length = len(body) - 2 * 784 * 4
+    assert f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"' in binary_script
+    assert 'wrk.headers["Content-Type"] = "application/octet-stream"' in binary_script
+    assert np.array_equal(np.frombuffer(body[header_length:], "<f4").reshape(2, 28, 28, 1), inputs.images)
+    document = json.loads((tmp_path / "v2-json-b2.body").read_bytes())
+    assert document["inputs"][0]["shape"] == [2, 28, 28, 1]
+    assert 'wrk.headers["Content-Type"] = "application/json"' in inputs.files["v2-json"].read_text()
+    message = v2_pb.ModelInferRequest.FromString(gen.parse_grpc_frame(inputs.files["v2-grpc"].read_bytes()))
+    assert message.model_name == MODEL_NAME and len(message.raw_input_contents[0]) == 2 * 784 * 4
+    assert pb.PredictRequest.FromString(gen.parse_grpc_frame(inputs.files["grpc"].read_bytes()))
+
+
+def test_scenarios_know_their_transport_and_protocol() -> None:
+    scenarios = parse_scenarios(perf.PATHS_SCENARIOS)
+    assert [s.name for s in scenarios] == [
+        "rest-c1", "rest-c16", "grpc-c1", "grpc-c16", "v2-rest-c1", "v2-rest-c16",
+        "v2-json-c1", "v2-json-c16", "v2-grpc-c1", "v2-grpc-c16",
+    ]  # fmt: skip
+    assert Scenario.parse("v2-json-b64-c4") == Scenario("v2-json", 4, 64)
+    assert [(s.api, s.wire_protocol) for s in parse_scenarios("v2-rest-c1,v2-grpc-c1,grpc-c1")] == [
+        ("rest", "v2"), ("grpc", "v2"), ("grpc", "tfserving"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="v2-json"):
+        parse_scenarios("v2-soap-c1")
 
 
 def _round(
