@@ -52,3 +52,14 @@ protos: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The real images, built and run without Docker (podman and buildah with chroot isolation; as root):
+# docs/images.md. Too slow for `make test`. IMAGES_TRAIN_VARIANTS=cpu skips the GPU image (GBs).
+IMAGES_TRAIN_VARIANTS ?= gpu,cpu
+.PHONY: images images-smoke
+
+images: venv
+	$(PYTHON) scripts/images.py build --train-variants $(IMAGES_TRAIN_VARIANTS)
+
+images-smoke: venv
+	$(PYTHON) scripts/images.py smoke

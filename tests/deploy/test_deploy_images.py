@@ -9,14 +9,17 @@ dependencies per extra, and its code installed alone into a directory and run fr
 - serve: no TensorFlow in its extra's closure; every serving module imports with TensorFlow
   unimportable; ENTRYPOINT + CMD parse with serving's settings parser and match the contract; the
   final stage carries only the venv; it writes only under /tmp;
-- train: `python -m training --help` and `list` run from the installed code; the optional
-  tensorflow[and-cuda] install resolves to the locked TensorFlow;
+- train: `python -m training --help` and `list` run from the installed code; the GPU image (the
+  default, DEVICE=gpu) installs tensorflow[and-cuda] at the locked TensorFlow with every CUDA
+  wheel pinned by requirements/lock-gpu.txt, the CPU variant (DEVICE=cpu) none of them, and an
+  unknown DEVICE fails the build;
 - loadtest: the ENTRYPOINT's locustfile is the installed loadtest/locustfile.py; the manifests'
   master/worker arguments parse with Locust's own parser, the locustfile's options included.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -27,9 +30,11 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 from deploy_support import (
     DOCKERFILES,
     EXTRAS,
+    IMAGES,
     ROOT,
     arg_default,
     container,
@@ -175,10 +180,13 @@ def test_image_installs_the_project_with_its_extra_under_the_lock(dockerfile: st
         assert "--no-cache-dir" in words and words[words.index("-c") + 1] == "requirements/lock.txt", words
         assert not {"-e", "--editable"} & set(words), "the image installs the package, not editable"
     # The dependency layer (the files the extra is read from, before the code is copied), then
-    # the project from the copied source tree.
-    (deps_at, deps), = [(n, w) for n, w in installs if "-r" in w]
+    # the project from the copied source tree. The training image's GPU layer comes between them.
+    (deps_at, deps), = [(n, w) for n, w in installs if "requirements/base.txt" in w]
     files = {PurePosixPath(w[i + 1]).name for w in [deps] for i, x in enumerate(w) if x == "-r"}
     assert files == {"base.txt", *extra_requirement_files(extra)}
+    device_layers = [(n, w) for n, w in installs if "-r" in w and n != deps_at]
+    assert [w[w.index("-r") + 1] for _, w in device_layers] == (
+        ["requirements/train-gpu.txt"] if extra == "train" else [])
     project_at = next(n for n, w in installs if f".[{extra}]" in w)
     copied = [(sources, dest) for sources, dest in copies(ROOT / dockerfile)]
     assert [sources for sources, _ in copied] == [["requirements/"], ["."]], (
@@ -186,8 +194,17 @@ def test_image_installs_the_project_with_its_extra_under_the_lock(dockerfile: st
     copy_at = [n for n, ins in enumerate(instructions(ROOT / dockerfile))
                if ins.keyword == "COPY" and ins.value.split()[0] == "."]
     assert deps_at < copy_at[0] < project_at
+    assert all(deps_at < n < copy_at[0] for n, _ in device_layers), "CUDA wheels before the code"
     env = " ".join(i.value for i in instructions(ROOT / dockerfile) if i.keyword == "ENV")
     assert "PYTHONPATH" not in env, "the code is installed, not put on a path"
+    # pip trusts the base's CA bundle through a build argument (never an ENV that would stay in
+    # the image): scripts/images.py mounts the host's bundle there behind a TLS-intercepting proxy.
+    found = instructions(ROOT / dockerfile)
+    (cert_at,) = [n for n, i in enumerate(found) if i.keyword == "ARG" and i.value.startswith("PIP_CERT")]
+    assert found[cert_at].value == "PIP_CERT=/etc/ssl/certs/ca-certificates.crt"
+    assert cert_at < deps_at and "PIP_CERT" not in env
+    stage_at = max(n for n, i in enumerate(found[:deps_at]) if i.keyword == "FROM")
+    assert stage_at < cert_at, "declared in the stage that runs pip"
 
 
 @pytest.mark.parametrize("extra", sorted(set(EXTRAS.values())))
@@ -329,23 +346,90 @@ def test_serve_image_entrypoint_runs(installed_tree: Path, tmp_path: Path) -> No
 def test_train_dockerfile_shape() -> None:
     path = ROOT / "Dockerfile.train"
     assert exec_form(last(path, "ENTRYPOINT").value) == ["python", "-m", "training"]
-    assert arg_default(path, "BASE_IMAGE") == "python:3.11-slim"
-    assert arg_default(path, "TF_AND_CUDA") == "false"
-    assert "--build-arg BASE_IMAGE=" in path.read_text()
+    assert arg_default(path, "PYTHON_IMAGE") == "python:3.11-slim"
+    assert arg_default(path, "DEVICE") == "gpu", "the GPU image is the default"
+    text = path.read_text()
+    assert "--build-arg DEVICE=cpu" in text, "the CPU variant is documented"
     user = last(path, "USER").value.split(":")[0]
     assert user.isdigit() and int(user) > 0
     # Runs start in the shared volume's mount point, not in the source tree the build copied.
     assert last(path, "WORKDIR").value == "/work"
+    # Everything is installed into a venv (Debian's Python, the stand-in base, refuses a system-wide
+    # pip install; python:3.11-slim accepts either), whose bin/ comes first on PATH.
+    assert any(i.keyword == "RUN" and i.value == f"python -m venv {VENV}" for i in instructions(path))
+    env = " ".join(i.value for i in instructions(path) if i.keyword == "ENV")
+    assert f"PATH={VENV}/bin:" in env
+    # The device argument is declared after the CPU dependency layer: that layer, the biggest but
+    # one, is the same (cached, pushed once) for both variants.
+    found = instructions(path)
+    device_at = next(n for n, i in enumerate(found) if i.keyword == "ARG" and i.value.startswith("DEVICE"))
+    deps_at = next(n for n, i in enumerate(found)
+                   if i.keyword == "RUN" and "requirements/base.txt" in i.value)
+    assert deps_at < device_at
 
 
-def test_train_cuda_variant_installs_the_locked_tensorflow_with_its_cuda_extra() -> None:
-    path = ROOT / "Dockerfile.train"
-    run = next(i.value for i in instructions(path) if i.keyword == "RUN" and "and-cuda" in i.value)
-    sed = re.search(r"\$\((sed -n '[^']+' requirements/train\.txt)\)", run)[1]
-    result = subprocess.run(sed, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=10)
+def _device_layer() -> str:
+    (run,) = [i.value for i in instructions(ROOT / "Dockerfile.train")
+              if i.keyword == "RUN" and "$DEVICE" in i.value]
+    return run
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu", "tpu", ""])
+def test_train_device_layer_installs_cuda_wheels_for_gpu_only(device: str, tmp_path: Path) -> None:
+    # The RUN itself, under sh, with a `pip` that records its arguments instead of installing.
+    (tmp_path / "pip").write_text('#!/bin/sh\necho "$@" >> "$PIP_CALLS"\n')
+    (tmp_path / "pip").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DEVICE": device, "PIP_CALLS": str(calls)}
+    result = subprocess.run(["sh", "-c", _device_layer()], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=10)
+    recorded = calls.read_text().split() if calls.exists() else []
+    if device == "gpu":
+        assert result.returncode == 0, result.stderr
+        assert recorded == ["install", "--no-cache-dir", "-c", "requirements/lock.txt",
+                            "-c", "requirements/lock-gpu.txt", "-r", "requirements/train-gpu.txt"]
+    elif device == "cpu":
+        assert result.returncode == 0 and not recorded, result.stderr
+    else:  # a typo must not build a CPU image silently
+        assert result.returncode == 1 and not recorded and "gpu or cpu" in result.stderr
+
+
+def _requirement_lines(path: Path) -> list[Requirement]:
+    return [Requirement(line.split("#", 1)[0]) for line in path.read_text().splitlines()
+            if line.split("#", 1)[0].strip()]
+
+
+def test_gpu_requirements_are_tensorflow_with_cuda_at_the_locked_version() -> None:
     lock = _pins(ROOT / "requirements" / "lock.txt")
-    assert result.stdout.strip() == f"tensorflow[and-cuda]=={lock['tensorflow']}"
+    (req,) = _requirement_lines(ROOT / "requirements" / "train-gpu.txt")
+    assert (canonicalize_name(req.name), req.extras, str(req.specifier)) == (
+        "tensorflow", {"and-cuda"}, f"=={lock['tensorflow']}")
     assert "and-cuda" in (metadata.metadata("tensorflow").get_all("Provides-Extra") or [])
+
+
+def test_gpu_lock_pins_every_cuda_wheel_of_the_locked_tensorflow() -> None:
+    lock = _pins(ROOT / "requirements" / "lock.txt")
+    gpu_path = ROOT / "requirements" / "lock-gpu.txt"
+    gpu = _pins(gpu_path)
+    # What the and-cuda extra of TensorFlow (this venv's is the locked one) adds to its requirements.
+    assert metadata.version("tensorflow") == lock["tensorflow"]
+    added = {}
+    for text in metadata.requires("tensorflow") or []:
+        req = Requirement(text)
+        only_with_the_extra = req.marker and not req.marker.evaluate({"extra": ""})
+        if only_with_the_extra and req.marker.evaluate({"extra": "and-cuda"}):
+            added[canonicalize_name(req.name)] = req.specifier
+    assert added and all(name.startswith("nvidia-") for name in added)
+    for name, specifier in added.items():
+        assert name in gpu, f"lock-gpu.txt does not pin {name}"
+        assert specifier.contains(gpu[name]), f"{name}=={gpu[name]} outside tensorflow's {specifier}"
+    # Only the CUDA wheels (and what they need): nothing lock.txt pins already, no install tools.
+    assert all(name.startswith("nvidia-") for name in gpu), sorted(gpu)
+    assert not set(gpu) & set(lock)
+    # Says how it is made, by a command that exists.
+    header = gpu_path.read_text()
+    assert "python scripts/images.py lock-gpu" in header and "--dry-run" in header
+    assert '"lock-gpu"' in (ROOT / "scripts" / "images.py").read_text()
 
 
 def test_train_image_entrypoint_runs(installed_tree: Path, tmp_path: Path) -> None:
@@ -430,3 +514,45 @@ def test_locust_pods_arguments_parse_with_locusts_parser(installed_tree: Path, t
     assert master["grpc_target"] == f"digits-serving:{contract.GRPC_PORT}"
     assert worker["worker"] and worker["master_host"] == "locust-master"
     assert master["mnist_dir"] == worker["mnist_dir"]
+
+
+# --- scripts/images.py: what `make images` builds and tags -------------------------------------------
+def _images_script():
+    spec = importlib.util.spec_from_file_location("images_script", ROOT / "scripts" / "images.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_images_script_builds_every_dockerfile_and_both_training_variants() -> None:
+    script = _images_script()
+    built = script.images(["gpu", "cpu"])
+    assert {(i.name, i.dockerfile) for i in built} == set(IMAGES.items())
+    train = {i.variant: i for i in built if i.name == "digits-train"}
+    assert {v: i.build_args for v, i in train.items()} == {"gpu": {"DEVICE": "gpu"}, "cpu": {"DEVICE": "cpu"}}
+    assert train["gpu"].suffix == "" and train["cpu"].suffix == "-cpu", "the GPU image is the default"
+    # The dirty flag looks at the whole build context: every top-level path docker would send.
+    covered = set(script.context_paths())
+    assert {f.split("/")[0] for f in context_files()} <= covered
+    assert set(DOCKERFILES) <= covered
+
+
+def test_images_script_tags_are_what_the_kustomize_overlays_deploy() -> None:
+    script = _images_script()
+    version = pyproject()["project"]["version"]
+    tags = {}
+    for image in script.images(["gpu", "cpu"]):
+        unique = image.tag(f"{version}-g0123456789ab")
+        assert unique.endswith(f":{version}-g0123456789ab{image.suffix}")
+        tags.setdefault(image.name, set()).update({unique, *image.aliases()})
+        assert f"{image.name}:latest{image.suffix}" in image.aliases()
+    # Every digits-* image an overlay pins (kustomize `images:`) is a tag `make images` makes.
+    pinned = []
+    for kustomization in (ROOT / "k8s").rglob("kustomization.yaml"):
+        for entry in (yaml.safe_load(kustomization.read_text()) or {}).get("images", []):
+            if entry["name"] in tags and "newTag" in entry:
+                pinned.append((kustomization.parent.name, f"{entry['name']}:{entry['newTag']}"))
+    assert pinned, "no kustomization pins a digits image"
+    for overlay, reference in pinned:
+        assert reference in tags[reference.split(":")[0]], f"{overlay} deploys {reference}, never built"

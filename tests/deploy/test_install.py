@@ -3,6 +3,8 @@
 configured indexes allowed), no TensorFlow in it, and ``digits-serve`` from it serving the
 exported model (``model_base_path``, tests/conftest.py) on free loopback ports: ready, one REST
 predict, SIGTERM, clean exit of the whole process tree.
+
+Opt-in (DIGITS_IMAGES_SMOKE=1): the real images built and smoke-tested, `make images images-smoke`.
 """
 
 from __future__ import annotations
@@ -152,3 +154,19 @@ def test_serve_extra_installs_without_tensorflow_and_serves(model_base_path: Pat
     assert not alive, f"left running after SIGTERM: {[p.pid for p in alive]}"
     timings["total"] = time.monotonic() - started
     print("install test timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+SMOKE_ENV = "DIGITS_IMAGES_SMOKE"
+
+
+@pytest.mark.skipif(os.environ.get(SMOKE_ENV) != "1",
+                    reason=f"builds and runs the images with podman/buildah (minutes, GBs): set "
+                           f"{SMOKE_ENV}=1, or run `make images images-smoke`")
+def test_images_build_and_pass_their_smoke_test() -> None:
+    # The real images, built (cached layers reused) and run by scripts/images.py: see docs/images.md.
+    for command, timeout in (("build", 3600), ("smoke", 1800)):
+        result = subprocess.run([sys.executable, str(ROOT / "scripts" / "images.py"), command], cwd=ROOT,
+                                capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, (
+            f"images.py {command}:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
+    assert "images smoke test: passed" in result.stdout
