@@ -16,6 +16,8 @@ export MNIST_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 PRETRAINED ?= pretrained/lenet5
+# Triton's perf_analyzer, installed by scripts/perf_analyzer.py where the tests look for it.
+PERF_ANALYZER := .perf_analyzer/bin/perf_analyzer
 
 .PHONY: venv demo serve test lint protos clean
 
@@ -37,8 +39,11 @@ serve: venv
 
 test: venv
 	@# Debian packages some tests drive: chromium (tests/integration/test_web_page.py), wrk and h2load
-	@# (tests/integration/test_perf.py). Without them those tests are skipped, saying why.
-	@command -v chromium >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive timeout 900 sh -c 'apt-get update -qq && apt-get install -y -qq chromium wrk nghttp2-client' >/dev/null 2>&1 && echo "installed chromium, wrk, h2load"; } || echo "could not install chromium, wrk, h2load (apt-get as root): the browser and perf tests will be skipped"
+	@# (tests/integration/test_perf.py), libb64-0d (linked by Triton's perf_analyzer, same file).
+	@# Without them those tests are skipped, saying why.
+	@command -v chromium >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 && dpkg -s libb64-0d >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive timeout 900 sh -c 'apt-get update -qq && apt-get install -y -qq chromium wrk nghttp2-client libb64-0d' >/dev/null 2>&1 && echo "installed chromium, wrk, h2load, libb64-0d"; } || echo "could not install chromium, wrk, h2load, libb64-0d (apt-get as root): the browser and perf tests will be skipped"
+	@# perf_analyzer itself: two pinned, hash-checked wheels, only its binary and CUDA runtime unpacked.
+	@test -x $(PERF_ANALYZER) || timeout 900 $(PYTHON) scripts/perf_analyzer.py >/dev/null || echo "could not install perf_analyzer (scripts/perf_analyzer.py): its tests will be skipped"
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	MNIST_DIR=$(MNIST_DIR) $(PYTHON) -m pytest

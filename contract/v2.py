@@ -2,9 +2,10 @@
 
 Constants and pure helpers shared by the server's V2 adapters (REST and gRPC) and the clients:
 the datatype table (V2 names <-> numpy dtypes), the binary tensor data extension's header and
-parameter names, the REST paths, the gRPC method paths, the server metadata and the tensor
-metadata of our model, derived from the model contract in :mod:`contract`. No JSON or protobuf
-encoding here: the adapters do that.
+parameter names, the REST paths, the gRPC method paths, the server metadata, the tensor
+metadata of our model and its configuration as Triton's model configuration extension describes
+it, all derived from the model contract in :mod:`contract`. No JSON or protobuf encoding here: the
+adapters do that.
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def infer_path(name: str, version: str | int | None = None) -> str:
     return f"{model_path(name, version)}/infer"
 
 
+def config_path(name: str, version: str | int | None = None) -> str:
+    """Triton's model configuration extension: ``/v2/models/{name}[/versions/{v}]/config``."""
+    return f"{model_path(name, version)}/config"
+
+
 # --- gRPC method paths (bound in code, like TF Serving's: our messages live in our package) ---------
 GRPC_SERVICE = "inference.GRPCInferenceService"
 SERVER_LIVE_RPC = f"/{GRPC_SERVICE}/ServerLive"
@@ -102,6 +108,7 @@ MODEL_READY_RPC = f"/{GRPC_SERVICE}/ModelReady"
 SERVER_METADATA_RPC = f"/{GRPC_SERVICE}/ServerMetadata"
 MODEL_METADATA_RPC = f"/{GRPC_SERVICE}/ModelMetadata"
 MODEL_INFER_RPC = f"/{GRPC_SERVICE}/ModelInfer"
+MODEL_CONFIG_RPC = f"/{GRPC_SERVICE}/ModelConfig"  # Triton's model configuration extension
 
 # Operation names both V2 adapters record (metrics' ``method`` label, access log): the protocol's
 # own verbs, beside TF Serving's predict / metadata / status. Health probes are not recorded.
@@ -109,11 +116,17 @@ OP_INFER = "infer"
 OP_MODEL_METADATA = "model_metadata"
 OP_MODEL_READY = "model_ready"
 OP_SERVER_METADATA = "server_metadata"
+OP_MODEL_CONFIG = "model_config"
 
 # --- Server metadata ---------------------------------------------------------------------------------
 SERVER_NAME = "digits"
-EXTENSIONS = ("binary_tensor_data",)  # only what we implement
+# Only what we implement, by the names Triton reports: the binary tensor data extension and the
+# model configuration extension (GET .../config, gRPC ModelConfig; perf_analyzer asks for it).
+BINARY_TENSOR_DATA = "binary_tensor_data"
+MODEL_CONFIGURATION = "model_configuration"
+EXTENSIONS = (BINARY_TENSOR_DATA, MODEL_CONFIGURATION)
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
+BACKEND = "onnxruntime"  # the backend Triton names beside that platform
 
 
 def _package_version() -> str:
@@ -189,3 +202,42 @@ def parse_version(name: str, version: str | None) -> int | None:
 def version_string(version: int) -> str:
     """V2 carries versions as strings; ours are the repository's integer directories."""
     return str(version)
+
+
+# --- The model configuration (Triton's model configuration extension) ---------------------------
+# Triton's ModelConfig (model_config.proto) as far as digits fills it: name, platform, backend,
+# max_batch_size and the tensors. With max_batch_size > 0 a tensor's ``dims`` leave out the batch
+# dimension, and Triton wants at least one dim: an output of one value per image (``digit``,
+# [-1] in V2) is ``dims: [1]`` with an empty ``reshape``, as Triton's own configurations write it.
+INPUT_FORMAT = "FORMAT_NHWC"  # Triton's ModelInput.Format of the image: height, width, channels
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    """A model input or output as Triton's configuration describes it."""
+
+    name: str
+    data_type: str  # Triton's DataType name, "TYPE_FP32"
+    dims: tuple[int, ...]  # without the batch dimension
+    reshape: tuple[int, ...] | None = None  # the shape the model sees, when it is not ``dims``
+
+
+def config_data_type(datatype: str) -> str:
+    """Triton's configuration name of a V2 datatype: ``"FP32"`` -> ``"TYPE_FP32"`` (BYTES is
+    ``TYPE_STRING``)."""
+    numpy_dtype(datatype)  # refuses unknown names
+    return "TYPE_STRING" if datatype == BYTES else f"TYPE_{datatype}"
+
+
+def _config_of(tensor: TensorMetadata) -> TensorConfig:
+    if tensor.shape[:1] != (BATCH_DIM,):
+        raise ValueError(f"{tensor.name}: the first dimension must be the batch's")
+    dims = tensor.shape[1:]
+    data_type = config_data_type(tensor.datatype)
+    if dims:
+        return TensorConfig(tensor.name, data_type, dims)
+    return TensorConfig(tensor.name, data_type, (1,), reshape=())
+
+
+CONFIG_INPUTS: tuple[TensorConfig, ...] = tuple(_config_of(tensor) for tensor in INPUTS)
+CONFIG_OUTPUTS: tuple[TensorConfig, ...] = tuple(_config_of(tensor) for tensor in OUTPUTS)

@@ -5,11 +5,11 @@ Our messages live in our own proto packages (``digits.tfserving``, ``digits.v2``
 contract/proto/), so the official method paths are bound here with generic handlers under the
 services ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata),
 ``tensorflow.serving.ModelService`` (GetModelStatus) and ``inference.GRPCInferenceService``
-(ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer). Each handler
-decodes, calls the data plane and encodes (``serving.tfserving_proto``, ``serving.v2_proto``;
-``Predict`` writes its answer's wire bytes directly); it never catches. One wrapper around every
-handler translates errors (a ``ServingError`` aborts with its own code, anything unexpected with
-INTERNAL, so a bad request never surfaces as UNKNOWN) and observes the request once
+(ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, ModelConfig).
+Each handler decodes, calls the data plane and encodes (``serving.tfserving_proto``,
+``serving.v2_proto``, ``serving.v2_config``; ``Predict`` writes its answer's bytes directly); it
+never catches. One wrapper around every handler translates errors (a ``ServingError`` aborts with
+its own code, anything unexpected with INTERNAL, never UNKNOWN) and observes the request once
 (``serving.observe``, with the protocol as a label). The client's deadline is honoured.
 """
 
@@ -39,6 +39,7 @@ from serving.tfserving_proto import (
     predict_response_bytes,
     status_response,
 )
+from serving.v2_config import model_config_response
 from serving.v2_proto import (
     decode_infer_request,
     infer_response,
@@ -214,6 +215,14 @@ class InferenceHandlers:
         versions = [model.version] if version is not None else self.dataplane.available_versions(name)
         return model_metadata_response(name, versions or [model.version])
 
+    def model_config(
+        self, request: v2pb.ModelConfigRequest, context: grpc.ServicerContext
+    ) -> v2pb.ModelConfigResponse:
+        """Triton's model configuration extension; every version has the same configuration."""
+        name = require_model_name(request.name)
+        self.dataplane.resolve(name, v2.parse_version(name, request.version))  # as ModelMetadata
+        return model_config_response(name, self.dataplane.max_batch)
+
     def model_infer(
         self, request: v2pb.ModelInferRequest, context: grpc.ServicerContext
     ) -> v2pb.ModelInferResponse:
@@ -237,6 +246,7 @@ class InferenceHandlers:
              v2pb.ServerMetadataRequest),
             (v2.MODEL_METADATA_RPC, v2.OP_MODEL_METADATA, self.model_metadata, v2pb.ModelMetadataRequest),
             (v2.MODEL_INFER_RPC, v2.OP_INFER, self.model_infer, v2pb.ModelInferRequest),
+            (v2.MODEL_CONFIG_RPC, v2.OP_MODEL_CONFIG, self.model_config, v2pb.ModelConfigRequest),
         ]
         return generic_handlers(table, self.observer, self.PROBES)
 

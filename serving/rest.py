@@ -5,9 +5,11 @@ Routes (``{name}`` is the model name; a version or label may follow):
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           status (TF Serving's JSON)
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  signature map
   GET  /healthz (liveness), /readyz (readiness), /monitoring/prometheus/metrics and /metrics
-and the Open Inference Protocol (V2; ``serving.v2_json``) over the same data plane:
+and the Open Inference Protocol (V2; ``serving.v2_json``, ``serving.v2_config``) over the same
+data plane:
   GET  /v2/health/live, /v2/health/ready, /v2 (server metadata)
   GET  /v2/models/{name}[/versions/{v}][/ready]                model metadata, model readiness
+  GET  /v2/models/{name}[/versions/{v}]/config                 Triton's model configuration
   POST /v2/models/{name}[/versions/{v}]/infer                  JSON or binary tensors
 The model routes decode (``serving.tfserving_json``, ``serving.v2_json``), call the data plane
 and encode; they never catch. Errors become ``{"error": "..."}`` (both protocols' shape) in the
@@ -51,6 +53,7 @@ from serving.tfserving_json import (
     encode_predict,
     encode_status,
 )
+from serving.v2_config import model_config_json
 from serving.v2_json import decompress, encode_model_metadata, encode_server_metadata
 
 logger = logging.getLogger(__name__)
@@ -60,8 +63,15 @@ _PATH = re.compile(
     r"(?P<verb>:predict|/metadata)?$"
 )
 _OPERATIONS = {":predict": "predict", "/metadata": "metadata", "": "status"}
-_V2_PATH = re.compile(r"^(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer)?$")
-_V2_OPERATIONS = {"/infer": v2.OP_INFER, "/ready": v2.OP_MODEL_READY, "": v2.OP_MODEL_METADATA}
+_V2_PATH = re.compile(
+    r"^(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<verb>/ready|/infer|/config)?$"
+)
+_V2_OPERATIONS = {
+    "/infer": v2.OP_INFER,
+    "/ready": v2.OP_MODEL_READY,
+    "/config": v2.OP_MODEL_CONFIG,
+    "": v2.OP_MODEL_METADATA,
+}
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -93,7 +103,7 @@ def _parse_v2_path(rest: str) -> tuple[str, str | None, str]:
     if match is None:
         raise NotFound(
             f"no such route {v2.MODELS_PREFIX}/{rest}; expected "
-            f"{v2.MODELS_PREFIX}/NAME[/versions/V][/ready|/infer]"
+            f"{v2.MODELS_PREFIX}/NAME[/versions/V][/ready|/infer|/config]"
         )
     return match["name"], match["version"], _V2_OPERATIONS[match["verb"] or ""]
 
@@ -189,11 +199,13 @@ def create_app(
                 payload, 200, content_type=v2.BINARY_CONTENT_TYPE,
                 headers={v2.HEADER_CONTENT_LENGTH: str(header_length)},
             )
-        # Ready and metadata address a version the way infer does: an unknown one is a 404, none
-        # loaded yet a 503 (UNAVAILABLE), exactly as TF Serving's routes answer.
+        # Ready, metadata and config address a version the way infer does: an unknown one is a
+        # 404, none loaded yet a 503 (UNAVAILABLE), exactly as TF Serving's routes answer.
         model = dataplane.resolve(name, version)
         if operation == v2.OP_MODEL_READY:
             return _json({"name": name, "ready": True})
+        if operation == v2.OP_MODEL_CONFIG:
+            return _json(model_config_json(name, dataplane.max_batch))
         versions = [model.version] if version is not None else dataplane.available_versions(name)
         return _json(encode_model_metadata(name, versions or [model.version]))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,3 +129,99 @@ def test_v2_protos_live_beside_tritons_in_one_process():
 
     assert ours.DESCRIPTOR.package == "digits.v2" and triton.DESCRIPTOR.package == "inference"
     assert not ours.DESCRIPTOR.services_by_name  # the method paths are bound in code (contract.v2)
+
+
+# --- Triton's model configuration extension: a subset of model_config.proto, field for field ------
+# Ours declare only some of Triton's fields (ModelConfig has some 25); each field we declare is
+# Triton's field of that name (number, type, cardinality, packing, oneof, nested the same way), and
+# the enums are Triton's, every value. A message with every field of ours set reads the same in
+# Triton's classes, byte for byte.
+CONFIG_MESSAGES = {
+    "ModelConfigRequest": "service_pb2", "ModelConfigResponse": "service_pb2",
+    "ModelConfig": "model_config_pb2", "ModelInput": "model_config_pb2",
+    "ModelOutput": "model_config_pb2", "ModelTensorReshape": "model_config_pb2",
+}
+
+
+def _wire_shape(f: FieldDescriptor) -> tuple:
+    return f.number, f.type, f.is_repeated, f.is_packed, f.containing_oneof and f.containing_oneof.name
+
+
+def _subset_mismatches(ours: Descriptor, theirs: Descriptor, where: str) -> list[str]:
+    """Where ``ours`` differs from Triton's message ``theirs`` (empty: a faithful subset)."""
+    problems = []
+    for f in ours.fields:
+        t = theirs.fields_by_name.get(f.name)
+        if t is None:
+            problems.append(f"{where}.{f.name}: not in {theirs.full_name}")
+            continue
+        mine, upstream = _wire_shape(f), _wire_shape(t)
+        if mine != upstream:
+            problems.append(f"{where}.{f.name}: {mine} != {upstream}")
+        if f.enum_type is not None and [(v.name, v.number) for v in f.enum_type.values] != [
+            (v.name, v.number) for v in t.enum_type.values
+        ]:
+            problems.append(f"{where}.{f.name}: enum {f.enum_type.name} differs from Triton's")
+        if f.message_type is not None:
+            if f.message_type.name != t.message_type.name:
+                problems.append(f"{where}.{f.name}: {f.message_type.name} != {t.message_type.name}")
+            problems += _subset_mismatches(f.message_type, t.message_type, f"{where}.{f.name}")
+    return problems
+
+
+def _fill_with_enums(message, variant: int = 0) -> None:
+    """``_fill`` for messages with enum fields: each enum set to its last or second-last value."""
+    for f in message.DESCRIPTOR.fields:
+        value = getattr(message, f.name)
+        if f.enum_type is not None:
+            enum_value = f.enum_type.values[-1 - variant % 2].number
+            value.append(enum_value) if f.is_repeated else setattr(message, f.name, enum_value)
+        elif f.is_repeated and f.message_type is not None:
+            for k in range(2):
+                _fill_with_enums(value.add(), k)
+        elif f.is_repeated:
+            value.extend(_SAMPLES[f.type])
+        elif f.message_type is not None:
+            _fill_with_enums(value, variant)
+        else:
+            setattr(message, f.name, _SAMPLES[f.type][variant % 2])
+
+
+@pytest.mark.parametrize("name", list(CONFIG_MESSAGES))
+def test_config_messages_are_a_faithful_subset_of_tritons(name):
+    import importlib
+
+    from contract.proto import digits_v2_pb2 as ours
+
+    theirs = getattr(importlib.import_module(f"tritonclient.grpc.{CONFIG_MESSAGES[name]}"), name)
+    assert _subset_mismatches(getattr(ours, name).DESCRIPTOR, theirs.DESCRIPTOR, name) == []
+
+
+def test_the_config_enums_are_tritons_every_value():
+    from tritonclient.grpc import model_config_pb2 as triton
+
+    from contract.proto import digits_v2_pb2 as ours
+
+    def values(enum):
+        return [(v.name, v.number) for v in enum.values]
+
+    assert values(ours.DataType.DESCRIPTOR) == values(triton.DataType.DESCRIPTOR)
+    assert values(ours.ModelInput.Format.DESCRIPTOR) == values(triton.ModelInput.Format.DESCRIPTOR)
+
+
+@pytest.mark.parametrize("name", list(CONFIG_MESSAGES))
+@pytest.mark.parametrize("variant", range(2))
+def test_config_messages_round_trip_through_tritons_classes(name, variant):
+    import importlib
+
+    from contract.proto import digits_v2_pb2 as ours
+
+    theirs_type = getattr(importlib.import_module(f"tritonclient.grpc.{CONFIG_MESSAGES[name]}"), name)
+    mine = getattr(ours, name)()
+    _fill_with_enums(mine, variant)
+    wire = mine.SerializeToString(deterministic=True)
+    theirs = theirs_type.FromString(wire)
+    assert len(UnknownFieldSet(theirs)) == 0  # every field of ours is one Triton knows
+    assert json_format.MessageToDict(theirs) == json_format.MessageToDict(mine)
+    assert theirs.SerializeToString(deterministic=True) == wire
+    assert getattr(ours, name).FromString(theirs.SerializeToString()) == mine

@@ -8,6 +8,7 @@ import pytest
 import contract
 from contract import v2
 from contract.errors import InvalidArgument
+from contract.proto import digits_v2_pb2 as pb
 
 
 def test_tensor_metadata_is_the_contract_with_minus_one_for_the_batch():
@@ -43,5 +44,30 @@ def test_paths_and_server_metadata():
     assert v2.ready_path("lenet5", "") == "/v2/models/lenet5/ready"
     assert v2.MODEL_INFER_RPC == "/inference.GRPCInferenceService/ModelInfer"
     meta = v2.SERVER_METADATA.as_dict()
-    assert meta["name"] == "digits" and meta["extensions"] == ["binary_tensor_data"]
+    assert meta["name"] == "digits"
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration"]  # Triton's names
     assert meta["version"] and meta["version"][0].isdigit()
+
+
+def test_model_configuration_paths_and_tensors():
+    assert v2.config_path("lenet5") == "/v2/models/lenet5/config"
+    assert v2.config_path("lenet5", 3) == "/v2/models/lenet5/versions/3/config"
+    assert v2.MODEL_CONFIG_RPC == "/inference.GRPCInferenceService/ModelConfig"
+    # Triton's dims leave the batch dimension out; one value per image is dims [1], reshape [].
+    assert v2.CONFIG_INPUTS == (v2.TensorConfig(contract.INPUT_NAME, "TYPE_FP32", (28, 28, 1)),)
+    assert v2.CONFIG_OUTPUTS == (
+        v2.TensorConfig(contract.OUTPUT_PROBABILITIES, "TYPE_FP32", (contract.NUM_CLASSES,)),
+        v2.TensorConfig(contract.OUTPUT_DIGIT, "TYPE_INT64", (1,), reshape=()),
+    )
+
+
+@pytest.mark.parametrize(("datatype", "name"), [("FP32", "TYPE_FP32"), ("INT64", "TYPE_INT64"),
+                                                ("BOOL", "TYPE_BOOL"), ("BYTES", "TYPE_STRING")])
+def test_config_data_types_are_tritons_names(datatype, name):
+    assert v2.config_data_type(datatype) == name
+    pb.DataType.Value(name)  # a value of the configuration's DataType enum
+
+
+def test_config_data_type_refuses_unknown_datatypes():
+    with pytest.raises(InvalidArgument, match="unknown datatype"):
+        v2.config_data_type("FLOAT")

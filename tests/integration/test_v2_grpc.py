@@ -2,10 +2,10 @@
 
 ``tritonclient.grpc`` (PyPI, NVIDIA's) against ``python -m serving`` (the session
 ``running_server``, the model exported by training), on real MNIST test images: health,
-metadata, readiness, inference with ``raw_input_contents`` (tritonclient's way) and with typed
-``contents`` (a ``ModelInferRequest`` built with tritonclient's own messages, sent through its
-own stub), output selection, bad requests; the answers are bit-identical to those of TF
-Serving's ``Predict`` on the same port.
+metadata, readiness, Triton's model configuration (``ModelConfig``), inference with
+``raw_input_contents`` (tritonclient's way) and with typed ``contents`` (a ``ModelInferRequest``
+built with tritonclient's own messages, sent through its own stub), output selection, bad
+requests; the answers are bit-identical to those of TF Serving's ``Predict`` on the same port.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from contract import (
     INPUT_NAME,
     INPUT_SHAPE,
+    MAX_BATCH_SIZE,
     MODEL_NAME,
     OUTPUT_DIGIT,
     OUTPUT_NAMES,
@@ -84,6 +86,24 @@ def test_health_readiness_and_metadata(client, running_server) -> None:
         (INPUT_NAME, "FP32", [-1, *INPUT_SHAPE])]
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
         (t.name, t.datatype, list(t.shape)) for t in v2.OUTPUTS]
+
+
+def test_model_configuration(client, running_server) -> None:
+    """Triton's ModelConfig, read into tritonclient's own message, as perf_analyzer reads it."""
+    served = str(model_versions(running_server.model_base_path)[-1])
+    config = client.get_model_config(MODEL_NAME, client_timeout=TIMEOUT_S).config
+    assert config == client.get_model_config(MODEL_NAME, served, client_timeout=TIMEOUT_S).config
+    assert (config.name, config.platform, config.backend, config.max_batch_size) == (
+        MODEL_NAME, v2.PLATFORM, v2.BACKEND, MAX_BATCH_SIZE)
+    assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in config.input] == [
+        (INPUT_NAME, "TYPE_FP32", list(INPUT_SHAPE))]
+    assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in config.output] == [
+        (OUTPUT_PROBABILITIES, "TYPE_FP32", [10]), (OUTPUT_DIGIT, "TYPE_INT64", [1])]
+    assert config.output[1].HasField("reshape") and not config.output[1].reshape.shape
+    for model, version in [("mnist", ""), (MODEL_NAME, "999"), (MODEL_NAME, "latest")]:
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_config(model, version, client_timeout=TIMEOUT_S)
+        assert info.value.status() == "StatusCode.NOT_FOUND"
 
 
 def test_raw_inference_is_bit_identical_to_tfserving_predict(

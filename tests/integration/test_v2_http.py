@@ -1,8 +1,9 @@
 """The Open Inference Protocol (V2) over REST, against the real server, with the official client.
 
 ``tritonclient.http`` (NVIDIA's, as KServe and Triton users call servers): health, server and
-model metadata, readiness, inference with binary tensors (its default) and with JSON, output
-selection, and each kind of bad request answered with its status and a message that says why.
+model metadata, readiness, Triton's model configuration extension, inference with binary tensors
+(its default) and with JSON, output selection, and each kind of bad request answered with its
+status and a message that says why.
 The probabilities equal the TF Serving REST API's for the same MNIST test images, bit for bit.
 """
 
@@ -14,11 +15,15 @@ import urllib.request
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from contract import (
     INPUT_NAME,
+    MAX_BATCH_SIZE,
     MODEL_NAME,
     NUM_CLASSES,
     OUTPUT_DIGIT,
@@ -76,7 +81,8 @@ def _image_input(images: np.ndarray, binary: bool) -> triton.InferInput:
 def test_health_and_metadata(client, running_server) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata() == {
-        "name": "digits", "version": v2.SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+        "name": "digits", "version": v2.SERVER_VERSION,
+        "extensions": ["binary_tensor_data", "model_configuration"]}
     served = str(model_versions(running_server.model_base_path)[-1])
     metadata = client.get_model_metadata(MODEL_NAME)
     assert metadata == {
@@ -93,6 +99,36 @@ def test_health_and_metadata(client, running_server) -> None:
     assert client.is_model_ready(MODEL_NAME) and client.is_model_ready(MODEL_NAME, served)
     assert not client.is_model_ready(MODEL_NAME, "999")
     assert not client.is_model_ready("nope")
+
+
+def test_model_configuration(client, running_server) -> None:
+    """Triton's model configuration extension, as perf_analyzer reads it before any load: the
+    same configuration for the default and the served version, that of gRPC's ModelConfig."""
+    served = str(model_versions(running_server.model_base_path)[-1])
+    config = client.get_model_config(MODEL_NAME)
+    assert config == client.get_model_config(MODEL_NAME, served)
+    assert (config["name"], config["platform"], config["backend"], config["max_batch_size"]) == (
+        MODEL_NAME, "onnxruntime_onnx", "onnxruntime", MAX_BATCH_SIZE)
+    assert [(t["name"], t["data_type"], t["format"], t["dims"]) for t in config["input"]] == [
+        (INPUT_NAME, "TYPE_FP32", "FORMAT_NHWC", [28, 28, 1])]
+    assert [(t["name"], t["data_type"], t["dims"], t.get("reshape")) for t in config["output"]] == [
+        (OUTPUT_PROBABILITIES, "TYPE_FP32", [NUM_CLASSES], None),
+        (OUTPUT_DIGIT, "TYPE_INT64", [1], {"shape": []}),
+    ]
+    with triton_grpc.InferenceServerClient(running_server.grpc_target) as grpc_client:
+        by_grpc = grpc_client.get_model_config(MODEL_NAME, client_timeout=30).config
+    assert json_format.ParseDict(config, model_config_pb2.ModelConfig()) == by_grpc
+
+
+@pytest.mark.parametrize(
+    ("model", "version", "fragment"),
+    [("nope", "", "'nope' is not served"), (MODEL_NAME, "999", "version 999 is not served"),
+     (MODEL_NAME, "latest", "no version 'latest'")],
+)
+def test_model_configuration_of_what_is_not_served(client, model, version, fragment) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_config(model, version)
+    assert info.value.status() == "404" and fragment in info.value.message()
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

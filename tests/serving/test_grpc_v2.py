@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES, PREDICT_RPC, v2
@@ -161,9 +162,30 @@ def test_the_same_bad_input_gets_the_same_code_as_tfserving(channel: grpc.Channe
 
 def test_metadata_of_unknown_models_and_versions(client: triton.InferenceServerClient) -> None:
     for model, version in [("mnist", ""), (MODEL_NAME, "9"), (MODEL_NAME, "latest")]:
-        with pytest.raises(InferenceServerException) as info:
-            client.get_model_metadata(model, version)
-        assert info.value.status() == "StatusCode.NOT_FOUND"
+        for call in (client.get_model_metadata, client.get_model_config):
+            with pytest.raises(InferenceServerException) as info:
+                call(model, version)
+            assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_model_configuration_with_tritonclient(client: triton.InferenceServerClient) -> None:
+    """Read by tritonclient's own ModelConfig message: every field digits sets, nothing else."""
+    config = client.get_model_config(MODEL_NAME).config
+    assert config == client.get_model_config(MODEL_NAME, "1").config
+    expected = mc.ModelConfig(name=MODEL_NAME, platform="onnxruntime_onnx", backend="onnxruntime",
+                              max_batch_size=1024)
+    expected.input.add(name=INPUT_NAME, data_type=mc.TYPE_FP32, format=mc.ModelInput.FORMAT_NHWC,
+                       dims=[28, 28, 1])
+    expected.output.add(name=OUTPUT_PROBABILITIES, data_type=mc.TYPE_FP32, dims=[10])
+    digit = expected.output.add(name=OUTPUT_DIGIT, data_type=mc.TYPE_INT64, dims=[1])
+    digit.reshape.SetInParent()  # one value per image: dims [1] seen by the model as []
+    assert config == expected and config.output[1].HasField("reshape")
+
+
+def test_a_config_request_without_a_model_name_is_invalid(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        _call(channel, v2.MODEL_CONFIG_RPC, pb.ModelConfigRequest(), pb.ModelConfigResponse)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # --- our own messages: typed contents, missing names, draining, observation -----------------------
@@ -221,20 +243,23 @@ def test_each_call_is_observed_once_with_protocol_v2(
 ) -> None:
     def counts() -> tuple[float, ...]:
         probes = _count("server_live", "OK")
-        return _count(v2.OP_INFER, "OK"), _count(v2.OP_MODEL_METADATA, "NOT_FOUND"), probes
+        return (_count(v2.OP_INFER, "OK"), _count(v2.OP_MODEL_METADATA, "NOT_FOUND"),
+                _count(v2.OP_MODEL_CONFIG, "OK"), probes)
 
     before = counts()
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         _infer(client)
         with pytest.raises(InferenceServerException):
             client.get_model_metadata("mnist")
+        client.get_model_config(MODEL_NAME)
         client.is_server_live()  # a probe: neither counted nor logged
         client.is_server_ready()
-    assert counts() == (before[0] + 1, before[1] + 1, before[2])
+    assert counts() == (before[0] + 1, before[1] + 1, before[2] + 1, before[3])
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
     assert [(x["api"], x["protocol"], x["method"], x["code"]) for x in lines] == [
         ("grpc", "v2", "infer", "OK"),
         ("grpc", "v2", "model_metadata", "NOT_FOUND"),
+        ("grpc", "v2", "model_config", "OK"),
     ]
 
 

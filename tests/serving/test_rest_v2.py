@@ -88,6 +88,37 @@ def test_health_server_and_model_metadata(client: FlaskClient) -> None:
     assert client.get(v2.ready_path(MODEL_NAME, 1)).status_code == 200
 
 
+# Triton's JSON of the configuration (protobuf JSON, proto field names, defaults printed, int64s
+# as numbers), written out in full: what perf_analyzer and tritonclient read.
+CONFIG = {
+    "name": MODEL_NAME, "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": 1024,
+    "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "format": "FORMAT_NHWC", "dims": [28, 28, 1],
+               "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False}],
+    "output": [
+        {"name": OUTPUT_PROBABILITIES, "data_type": "TYPE_FP32", "dims": [10], "label_filename": "",
+         "is_shape_tensor": False},
+        {"name": OUTPUT_DIGIT, "data_type": "TYPE_INT64", "dims": [1], "reshape": {"shape": []},
+         "label_filename": "", "is_shape_tensor": False},
+    ],
+}
+
+
+def test_model_configuration(client: FlaskClient) -> None:
+    for path in (v2.config_path(MODEL_NAME), v2.config_path(MODEL_NAME, 1)):
+        response = client.get(path)
+        assert (response.status_code, response.mimetype) == (200, "application/json")
+        assert response.get_json() == CONFIG
+
+
+def test_the_configured_batch_limit_is_the_data_planes(tiny_repository: Path) -> None:
+    repository = ModelRepository(MODEL_NAME, tiny_repository, poll_wait_seconds=0)
+    repository.start()
+    client = create_app(DataPlane(repository, max_batch=8), access_log=False).test_client()
+    assert client.get(v2.config_path(MODEL_NAME)).get_json()["max_batch_size"] == 8
+    too_many = client.post(INFER, data=_json_request(np.zeros((9, *INPUT_SHAPE), np.float32)))
+    assert too_many.status_code == 400 and "8" in too_many.get_json()["error"]
+
+
 def test_json_and_binary_answers_equal_tf_servings(client: FlaskClient, dataplane: DataPlane) -> None:
     tf = client.post(PREDICT, json={"inputs": IMAGES.tolist()}).get_json()["outputs"]
     expected = np.asarray(tf[OUTPUT_PROBABILITIES], np.float32)
@@ -138,6 +169,11 @@ def test_output_selection_and_gzip_bodies(client: FlaskClient) -> None:
         ("GET", v2.ready_path(MODEL_NAME, 7), None, {}, 404, "version 7"),
         ("GET", v2.ready_path("other"), None, {}, 404, "'other'"),
         ("GET", f"{v2.MODELS_PREFIX}/{MODEL_NAME}/bogus", None, {}, 404, "no such route"),
+        ("GET", v2.config_path("other"), None, {}, 404, "'other' is not served"),
+        ("GET", v2.config_path(MODEL_NAME, 7), None, {}, 404, "version 7 is not served"),
+        ("GET", v2.config_path(MODEL_NAME, "latest"), None, {}, 404, "no version 'latest'"),
+        ("POST", v2.config_path(MODEL_NAME), b"{}", {}, 405, "use GET"),
+        ("GET", f"{v2.config_path(MODEL_NAME)}/x", None, {}, 404, "no such route"),
         ("GET", INFER, None, {}, 405, "use POST"),
         ("POST", v2.model_path(MODEL_NAME), b"{}", {}, 405, "use GET"),
         ("POST", INFER, b"x" * (MAX_BYTES + 1), {}, 413, "larger"),
@@ -177,7 +213,7 @@ def test_without_an_available_version(empty_dataplane: DataPlane) -> None:
     tf = client.post(PREDICT, data=json.dumps({"instances": IMAGES[:1].tolist()}))
     assert tf.status_code == 503
     for response in (client.post(INFER, data=ONE), client.get(v2.model_path(MODEL_NAME)),
-                     client.get(v2.ready_path(MODEL_NAME))):
+                     client.get(v2.ready_path(MODEL_NAME)), client.get(v2.config_path(MODEL_NAME))):
         assert (response.status_code, response.get_json()) == (503, tf.get_json())
     assert client.get(v2.HEALTH_READY_PATH).status_code == 503
     assert client.get(v2.HEALTH_LIVE_PATH).status_code == 200
@@ -267,6 +303,8 @@ def test_fast_infer_answers_exactly_as_flask(
         ("GET", v2.PREFIX, v2.OP_SERVER_METADATA, "OK"),
         ("GET", v2.model_path(MODEL_NAME), v2.OP_MODEL_METADATA, "OK"),
         ("GET", v2.ready_path(MODEL_NAME, 7), v2.OP_MODEL_READY, "NOT_FOUND"),
+        ("GET", v2.config_path(MODEL_NAME), v2.OP_MODEL_CONFIG, "OK"),
+        ("GET", v2.config_path("other"), v2.OP_MODEL_CONFIG, "NOT_FOUND"),
         ("GET", INFER, v2.OP_INFER, "UNIMPLEMENTED"),
     ],
 )
