@@ -39,20 +39,6 @@ from contract.types import ModelMetadata, VersionStatus
 log = logging.getLogger(__name__)
 
 PROTOCOL = "V2 gRPC"
-# The typed ``InferTensorContents`` field of each datatype we read back.
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
 
 
 def infer_request(
@@ -81,7 +67,7 @@ def output_tensor(output: Any, raw: bytes | None) -> np.ndarray:
     try:
         if raw is not None:
             return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
-        field = _CONTENTS_FIELD.get(output.datatype)
+        field = v2.CONTENTS_FIELD.get(output.datatype)
         if field is None:
             raise ProtocolError(f"output {output.name!r} is {output.datatype}; this client reads numbers",
                                 protocol=PROTOCOL)  # fmt: skip

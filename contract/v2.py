@@ -64,6 +64,23 @@ def datatype_of(dtype: np.dtype | type | str) -> str:
         raise InvalidArgument(f"numpy dtype {key} has no V2 datatype") from None
 
 
+# The typed field of gRPC's ``InferTensorContents`` each datatype travels in (FP16 and BYTES have
+# none: FP16 goes raw, BYTES is not served).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
 # --- The binary tensor data extension ------------------------------------------------------------
 # The request (or response) body is a JSON header of this many bytes, then the raw tensors.
 HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"

@@ -35,20 +35,6 @@ from contract import v2
 from contract.errors import InvalidArgument
 from contract.proto import digits_v2_pb2 as pb
 
-# The typed ``contents`` field each datatype travels in (FP16 and BYTES have none we accept).
-TYPED_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
 _CONTENT_FIELDS = tuple(field.name for field in pb.InferTensorContents.DESCRIPTOR.fields)
 _MODEL_INPUTS = {tensor.name: tensor for tensor in v2.INPUTS}
 
@@ -118,7 +104,7 @@ def _from_contents(
     tensor: pb.ModelInferRequest.InferInputTensor, dtype: np.dtype, shape: tuple[int, ...]
 ) -> np.ndarray:
     """The typed ``contents`` of the datatype's field; values in any other field are refused."""
-    field = TYPED_FIELD.get(tensor.datatype)
+    field = v2.CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
         raise InvalidArgument(
             f"input {tensor.name!r}: {tensor.datatype} has no typed contents field; "

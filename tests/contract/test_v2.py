@@ -71,3 +71,14 @@ def test_config_data_types_are_tritons_names(datatype, name):
 def test_config_data_type_refuses_unknown_datatypes():
     with pytest.raises(InvalidArgument, match="unknown datatype"):
         v2.config_data_type("FLOAT")
+
+
+def test_every_typed_contents_field_exists_and_fits_its_datatype():
+    from contract.proto import digits_v2_pb2 as pb
+
+    fields = {field.name: field for field in pb.InferTensorContents.DESCRIPTOR.fields}
+    assert set(v2.CONTENTS_FIELD) == set(v2.DATATYPES) - {"FP16", "BYTES"}
+    for datatype, name in v2.CONTENTS_FIELD.items():
+        assert name in fields, name
+        kind = v2.numpy_dtype(datatype).kind
+        assert name.startswith({"b": "bool", "i": "int", "u": "uint", "f": "fp"}[kind]), (datatype, name)
