@@ -67,4 +67,6 @@ images: venv
 	$(PYTHON) scripts/images.py build --train-variants $(IMAGES_TRAIN_VARIANTS)
 
 images-smoke: venv
+	@# MNIST (verified; downloaded when missing, as make demo does) is mounted into the containers.
+	$(PYTHON) -c "from training import data; data.load()"
 	$(PYTHON) scripts/images.py smoke
