@@ -52,6 +52,8 @@ import grpc
 import numpy as np
 import psutil
 import tensorflow as tf  # tf.make_tensor_proto/make_ndarray for the official TF Serving stubs
+import tritonclient.grpc as triton_grpc  # the official Open Inference Protocol (V2) clients
+import tritonclient.http as triton_http
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from images import OUT, ROOT, TRAIN_VARIANTS, image_exists, image_size, local_image, log
@@ -245,7 +247,8 @@ def wait_ready(rest: str, grpc_target: str, runner: subprocess.Popen[bytes], log
 
 
 def classify(rest: str, grpc_target: str) -> dict[str, float]:
-    """Accuracy on the first DIGITS MNIST test digits over REST and over gRPC (the same answers)."""
+    """Accuracy on the first DIGITS MNIST test digits over TF Serving's REST and gRPC APIs and the
+    Open Inference Protocol's (V2, with tritonclient), all four giving the same answers."""
     images, labels = load_split("t10k", str(MNIST_DIR))
     batch, truth = to_model_input(images[:DIGITS]), labels[:DIGITS].astype(int)
     code, body = http_json(f"{rest}{contract.REST_MODELS_PREFIX}/{contract.MODEL_NAME}:predict",
@@ -263,7 +266,22 @@ def classify(rest: str, grpc_target: str) -> dict[str, float]:
     check(probabilities.shape == (DIGITS, contract.NUM_CLASSES), f"gRPC probabilities {probabilities.shape}")
     check(np.allclose(probabilities.sum(axis=1), 1, atol=1e-4), "probabilities do not sum to 1")
     check((rest_digits == grpc_digits).all(), "REST and gRPC disagree")
-    return {"rest": float((rest_digits == truth).mean()), "grpc": float((grpc_digits == truth).mean())}
+    v2_answers = {}
+    for api, module, url in (("v2-rest", triton_http, rest.removeprefix("http://")),
+                             ("v2-grpc", triton_grpc, grpc_target)):
+        tensor = module.InferInput(contract.INPUT_NAME, list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        client = module.InferenceServerClient(url)
+        try:
+            check(client.is_model_ready(contract.MODEL_NAME), f"{api}: model not ready")
+            result = client.infer(contract.MODEL_NAME, [tensor])
+        finally:
+            client.close()
+        check(np.array_equal(result.as_numpy(contract.OUTPUT_PROBABILITIES), probabilities),
+              f"{api} and TF Serving's gRPC API give different probabilities")
+        v2_answers[api] = result.as_numpy(contract.OUTPUT_DIGIT).astype(int)
+    return {"rest": float((rest_digits == truth).mean()), "grpc": float((grpc_digits == truth).mean()),
+            **{api: float((digits == truth).mean()) for api, digits in v2_answers.items()}}
 
 
 # --- The steps -----------------------------------------------------------------------------------------
