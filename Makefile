@@ -68,5 +68,5 @@ images: venv
 
 images-smoke: venv
 	@# MNIST (verified; downloaded when missing, as make demo does) is mounted into the containers.
-	$(PYTHON) -c "from training import data; data.load()"
+	$(PYTHON) -m training data
 	$(PYTHON) scripts/images.py smoke

@@ -2,6 +2,7 @@
 
 Usage examples::
 
+    python -m training data                               # download (if missing) and verify MNIST
     python -m training list --grid lab                    # the runs of a grid, by index
     python -m training grid --grid lab                    # the full lab grid, all cores
     python -m training grid --grid quick                  # the demo grid (about two minutes)
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("list", parents=[common], help="list the runs of a grid by index")
+    sub.add_parser("data", parents=[common],
+                   help="download (when missing) and verify the MNIST files in --data-dir")
 
     p = sub.add_parser("run", parents=[common, knobs], help="train one run of a grid (resumes)")
     p.add_argument("--index", type=int,
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in ("run", "export"):
+    if args.command != "grid":  # (the grid runner passes SIGTERM on to its runs itself)
         preemption.install()  # first: PID 1 in a container ignores SIGTERM without a handler
     try:
         return _command(args)
@@ -167,6 +170,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from training import data
+
+        try:
+            mnist = data.load(args.data_dir)
+        except data.DataError as exc:
+            log.error("%s", exc)
+            return 2
+        print(f"MNIST verified in {data.mnist_dir(args.data_dir)}: {len(mnist.train_images):,} "
+              f"training, {len(mnist.validation_images):,} validation, "
+              f"{len(mnist.test_images):,} test images")
+        return 0
     try:
         grid = load_grid(args.grid)
     except GridError as exc:

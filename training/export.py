@@ -35,6 +35,7 @@ import tensorflow as tf
 import tf2onnx
 
 import contract
+from training import preemption
 from training.config import Grid
 from training.data import Mnist
 from training.records import COMPLETED, MODEL_FILE, best, read_results, write_json_atomic
@@ -162,15 +163,18 @@ def publish(model: keras.Model, model_base_path: Path, parity_images: np.ndarray
                          "onnx_opset": ONNX_OPSET},
         })
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a server may run as another user
-        while True:
-            version = max(contract.model_versions(model_base_path), default=0) + 1
-            target = contract.version_path(model_base_path, version)
-            try:
-                target.mkdir()  # claim the number; a concurrent export takes the next one
-            except FileExistsError:
-                continue
-            os.replace(tmp, target)  # atomic: replaces the empty claimed directory
-            break
+        # Claim and publish with SIGTERM held off: stopped between the two, an empty claimed
+        # directory would be left as the newest version.
+        with preemption.deferred():
+            while True:
+                version = max(contract.model_versions(model_base_path), default=0) + 1
+                target = contract.version_path(model_base_path, version)
+                try:
+                    target.mkdir()  # claim the number; a concurrent export takes the next one
+                except FileExistsError:
+                    continue
+                os.replace(tmp, target)  # atomic: replaces the empty claimed directory
+                break
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

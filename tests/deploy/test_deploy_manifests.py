@@ -208,13 +208,12 @@ def test_data_prep_fetches_mnist_where_the_runs_read_it(root: str) -> None:
     spec = job["spec"]["template"]["spec"]
     fetch, train = container(job, "fetch-mnist"), container(job, "train")
     assert fetch in spec["initContainers"]
-    assert fetch["command"][:2] == ["python", "-c"]
-    code = fetch["command"][2]
-    compile(code, "fetch-mnist", "exec")
-    assert "from training import data" in code and "data.load(" in code
-    from training import data
+    # The image's entrypoint is `python -m training`; `data` downloads and verifies, handling
+    # SIGTERM like every command (PID 1 would otherwise ignore it for the whole grace period).
+    assert "command" not in fetch and fetch["args"] == ["data"]
+    from training.__main__ import build_parser
 
-    assert callable(data.load)
+    assert build_parser().parse_args(fetch["args"]).command == "data"
     assert _env(fetch)[contract.MNIST_DIR_ENV] == _env(train)[contract.MNIST_DIR_ENV]
     assert _mount_for(spec, fetch, _env(fetch)[contract.MNIST_DIR_ENV])[1] == "digits-work"
 
@@ -280,6 +279,13 @@ def test_export_reports_and_exports_the_grid_into_the_served_repository(root: st
     assert server_claim == claim, f"{name} reads another volume than export writes"
     assert PurePosixPath(served).relative_to(server_mount["mountPath"]) == relative
     assert float(flag_values(container(server, server_name)["args"])["file_system_poll_wait_seconds"]) > 0
+
+
+@pytest.mark.parametrize("root", OVERLAYS)
+def test_export_retries_after_sigterm_and_fails_on_a_usage_error(root: str) -> None:
+    rules = get(root, "Job", "digits-export")["spec"]["podFailurePolicy"]["rules"]
+    by_code = {(r["action"], tuple(r["onExitCodes"]["values"])) for r in rules if "onExitCodes" in r}
+    assert by_code == {("FailJob", (2,)), ("Ignore", (143,))}  # 143: training.preemption
 
 
 # --- Our model server --------------------------------------------------------------------------------

@@ -137,3 +137,18 @@ def test_the_grid_passes_sigterm_to_its_runs_and_resumes(mnist_dir, tmp_path):
     result = records.read_result(run_dir)
     assert result["status"] == records.COMPLETED
     assert [h["epoch"] for h in records.read_history(run_dir)] == [0, 1]
+
+
+@pytest.mark.parametrize("command", ["data", "list", "report", "export"])
+def test_every_single_process_command_handles_sigterm(command, mnist_dir, tmp_path, monkeypatch):
+    # As PID 1 of an init container (`data`) or a Job (`report`, `export`), a command without a
+    # handler would ignore SIGTERM until the grace period's SIGKILL.
+    from training import __main__ as cli
+    from training import preemption
+
+    installed = []
+    monkeypatch.setattr(preemption, "install", lambda: installed.append(True))
+    monkeypatch.setattr(cli, "_command", lambda args: 0)
+    assert cli.main([command, "--data-dir", str(mnist_dir), "--runs-dir", str(tmp_path)]) == 0
+    assert installed == [True]
+
