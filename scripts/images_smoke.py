@@ -15,10 +15,9 @@ Steps, each checked, with timings and a summary at the end (also build/images/sm
    filesystem needs); SIGTERM to the server, which must exit 0 within the grace period the manifest
    leaves it (terminationGracePeriodSeconds minus the preStop sleep), no process left behind.
 2. train, each built variant, as UID 10001: the devices TensorFlow sees and whether the CUDA wheels
-   are there; with DIGITS_REQUIRE_GPU=1 and no GPU, exit code 2 (when the training code has that
-   check); one short run of the quick grid (MNIST mounted read-only, MNIST_DIR, the runs on a
-   mounted /work) stopped by SIGTERM after its first epoch (exit 143 within seconds, when the
-   training code handles SIGTERM), the same command again resuming it (the first epoch not redone)
+   are there; with DIGITS_REQUIRE_GPU=1 and no GPU, exit code 2; one short run of the quick grid
+   (MNIST mounted read-only, MNIST_DIR, the runs on a mounted /work) stopped by SIGTERM after its
+   first epoch (exit 143 within seconds), the same command again resuming it (the first epoch not redone)
    to the end, and its export into a mounted model repository.
 3. serve the exported version, as in 1, while the load-test image runs Locust headless against it
    over REST and gRPC for a few seconds: requests made, none failed.
@@ -394,15 +393,14 @@ def train(image: str, variant: str, scratch: Path, report: dict) -> Path:
         t = TrainingBox(box, variant, scratch, volumes, user)
         check_devices(t, step)
         entry = box.entrypoint()
-        if preemption_supported():
-            preempt(t, [*entry, *RUN_ARGS], uid, step)
+        preempt(t, [*entry, *RUN_ARGS], uid, step)
         for name, args in (("run", RUN_ARGS), ("export", EXPORT_ARGS)):
             log(f"train ({variant}): {' '.join([*entry, *args])}")
             started = time.monotonic()
             code, text = t.run(name, [*entry, *args])
             step[f"{name}_s"] = round(time.monotonic() - started, 1)
             check(code == 0, f"training {name} exited {code}:\n{text[-3000:]}")
-            if name == "run" and "sigterm_exit_code" in step:  # resumed: the first epoch is not redone
+            if name == "run":  # resumed after the SIGTERM: the first epoch is not redone
                 step["resumed"] = f" epoch 1/{EPOCHS} " not in text and f" epoch {EPOCHS}/{EPOCHS} " in text
                 check(step["resumed"], f"the rerun did not resume after the first epoch:\n{text[-3000:]}")
         step["written_outside_mounts"] = box.written()
@@ -416,7 +414,7 @@ def train(image: str, variant: str, scratch: Path, report: dict) -> Path:
 
 def check_devices(t: TrainingBox, step: dict) -> None:
     """What TensorFlow sees; the CUDA wheels in the GPU variant only; with DIGITS_REQUIRE_GPU=1 and
-    no GPU, exit 2 (when the training code has that check)."""
+    no GPU, exit 2."""
     code, text = t.run("devices", ["python", "-c", DEVICE_PROBE])
     check(code == 0, f"TensorFlow does not start in the {t.variant} image:\n{text[-3000:]}")
     # The probe's one JSON line, among TensorFlow's own messages on stderr (the same log).
@@ -426,7 +424,7 @@ def check_devices(t: TrainingBox, step: dict) -> None:
     log(f"train ({t.variant}): TensorFlow sees GPUs {devices['gpus']}, CUDA build "
         f"{devices['cuda_build']}, CUDA wheels {'present' if devices['cuda_wheels'] else 'absent'}")
     check(devices["cuda_wheels"] == (t.variant == "gpu"), "CUDA wheels in the wrong variant")
-    if require_gpu_supported() and not devices["gpus"]:
+    if not devices["gpus"]:
         # Its own runs directory: whatever it leaves must not be resumed by the runs below.
         args = [*t.box.entrypoint(), "run", *TRAIN_ARGS, "--runs-dir", "/tmp/runs"]
         code, text = t.run("require-gpu", args, env={"DIGITS_REQUIRE_GPU": "1"})
@@ -454,16 +452,6 @@ def wait_for_line(runner: subprocess.Popen[bytes], log_path: Path, text: str) ->
               + log_path.read_text(errors="replace")[-3000:])
         check(time.monotonic() < deadline, f"no {text.strip()!r} in {TRAIN_TIMEOUT_S} s")
         time.sleep(0.1)
-
-
-def preemption_supported() -> bool:
-    """Whether the training code saves its state on SIGTERM (training/preemption.py)."""
-    return (ROOT / "training" / "preemption.py").is_file()
-
-
-def require_gpu_supported() -> bool:
-    """Whether the training code has the GPU requirement (DIGITS_REQUIRE_GPU)."""
-    return any("DIGITS_REQUIRE_GPU" in p.read_text() for p in (ROOT / "training").rglob("*.py"))
 
 
 def load_test(image: str, rest: str, target: str, scratch: Path, report: dict) -> None:
