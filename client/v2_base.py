@@ -27,8 +27,6 @@ from contract import v2
 from contract.errors import ProtocolError
 from contract.types import AVAILABLE, UNKNOWN, ModelMetadata, Signature, TensorSpec, VersionStatus
 
-OUTPUT_NAMES = (contract.OUTPUT_PROBABILITIES, contract.OUTPUT_DIGIT)  # asked for, in this order
-
 
 def check_spec(spec: ModelSpec) -> ModelSpec:
     """The spec, or ValueError when it asks for something V2 cannot say (a version label)."""
@@ -56,7 +54,7 @@ def prediction_from_tensors(
     tensors: Mapping[str, np.ndarray], expected: int | None, version: Any, protocol: str
 ) -> Prediction:
     """A :class:`Prediction` from decoded output tensors (name -> array), shapes checked."""
-    missing = [name for name in OUTPUT_NAMES if name not in tensors]
+    missing = [name for name in contract.OUTPUT_NAMES if name not in tensors]
     if missing:
         raise ProtocolError(f"answer lacks output(s) {missing}; it has {sorted(tensors)}", protocol=protocol)
     return checked_prediction(

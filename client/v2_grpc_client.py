@@ -23,7 +23,6 @@ import numpy as np
 from client.base import DigitsClient, ModelSpec, Prediction, as_batch
 from client.grpc_client import channel_options, rpc_error
 from client.v2_base import (
-    OUTPUT_NAMES,
     check_spec,
     model_metadata,
     prediction_from_tensors,
@@ -31,8 +30,8 @@ from client.v2_base import (
     version_status,
     version_text,
 )
-from contract import v2
-from contract.errors import DigitsError, ProtocolError
+from contract import OUTPUT_NAMES, v2
+from contract.errors import DigitsError, ProtocolError, Unavailable
 from contract.proto import digits_v2_pb2 as pb
 from contract.types import ModelMetadata, VersionStatus
 
@@ -188,11 +187,15 @@ class V2GrpcClient(DigitsClient):
     def _ready(self, version: str) -> bool:
         """ModelReady; a "not ready" is checked against ModelMetadata, because V2 gRPC servers
         (Triton, ours) answer ``ready: false`` rather than NOT_FOUND for a model or version they
-        do not have: an unknown one raises NotFound here, as over REST."""
+        do not have: an unknown one raises NotFound here, as over REST. ModelMetadata answers
+        UNAVAILABLE while no version has loaded (or the one asked for is loading): not ready."""
         request = pb.ModelReadyRequest(name=self.spec.name, version=version)
         if self._invoke(self._model_ready, request).ready:
             return True
-        self._invoke(self._model_metadata, pb.ModelMetadataRequest(name=self.spec.name, version=version))
+        try:
+            self._invoke(self._model_metadata, pb.ModelMetadataRequest(name=self.spec.name, version=version))
+        except Unavailable:
+            pass
         return False
 
     def _invoke(self, method: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:

@@ -26,7 +26,6 @@ import requests
 from client.base import DigitsClient, ModelSpec, Prediction, as_batch
 from client.rest_client import http_call, json_answer, normalise_base_url
 from client.v2_base import (
-    OUTPUT_NAMES,
     check_spec,
     model_metadata,
     prediction_from_tensors,
@@ -34,7 +33,7 @@ from client.v2_base import (
     version_status,
     version_text,
 )
-from contract import v2
+from contract import OUTPUT_NAMES, v2
 from contract.errors import DigitsError, ProtocolError
 from contract.types import ModelMetadata, VersionStatus
 
@@ -87,23 +86,22 @@ def infer_request(
     return path, header + raw, headers
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """(JSON header, binary tail) of an answer; the whole body is JSON without the header."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON header, binary tail) of an answer; the whole body is JSON without the header. The
+    tail is a view of ``body``: the tensors are not copied before numpy reads them. The header
+    must be digits, as the server requires of requests (``contract.v2.header_length_value``)."""
     if header_length is None:
-        return body, b""
-    try:
-        size = int(header_length)
-    except ValueError:
-        size = -1
-    if not 0 <= size <= len(body):
+        return body, memoryview(b"")
+    size = v2.header_length_value(header_length)
+    if size is None or size > len(body):
         raise ProtocolError(
             f"{v2.HEADER_CONTENT_LENGTH}: {header_length!r} does not fit a {len(body)}-byte body",
             protocol=PROTOCOL,
         )
-    return body[:size], body[size:]
+    return body[:size], memoryview(body)[size:]
 
 
-def _output_tensor(output: dict[str, Any], tail: bytes, offset: int) -> tuple[np.ndarray, int]:
+def _output_tensor(output: dict[str, Any], tail: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """One output tensor and the offset after its bytes in the binary tail."""
     name = output.get("name")
     try:

@@ -10,6 +10,7 @@ adapters do that.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from typing import Any
@@ -86,10 +87,44 @@ CONTENTS_FIELD: dict[str, str] = {
 HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
+
 PARAM_BINARY_DATA_SIZE = "binary_data_size"  # an input's (or output's) bytes after the header
 PARAM_BINARY_DATA = "binary_data"  # a requested output: answer it in binary (true) or JSON
 PARAM_BINARY_DATA_OUTPUT = "binary_data_output"  # request-level default for every output
 PARAM_CLASSIFICATION = "classification"  # Triton's classification extension (not implemented)
+PARAM_TIMEOUT = "timeout"  # a request's server-side timeout, in microseconds (Triton's); 0: none
+# Parameters of an extension digits does not implement: refused, never silently ignored.
+SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def header_length_value(text: str) -> int | None:
+    """The byte count an ``Inference-Header-Content-Length`` header says: its ASCII digits (with
+    surrounding blanks); None for anything else (a sign, ``_``, other digits), on both sides."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+# --- Parameters both codecs read (as plain values: JSON's, or a protobuf InferParameter's) --------
+def refuse_unsupported(where: str, parameters: Mapping[str, Any]) -> None:
+    """InvalidArgument for the parameters of an extension we do not implement (shared memory,
+    classification) on a request, an input or an output: the same words on REST and gRPC."""
+    if any(key in parameters for key in SHARED_MEMORY_PARAMS):
+        raise InvalidArgument(f"{where}: the shared-memory extension is not supported here")
+    if PARAM_CLASSIFICATION in parameters:
+        raise InvalidArgument(f"{where}: the classification extension is not supported here")
+
+
+def request_timeout(parameters: Mapping[str, Any]) -> float | None:
+    """The request's ``timeout`` parameter in seconds; None when absent or 0 (no timeout)."""
+    if PARAM_TIMEOUT not in parameters:
+        return None
+    micros = parameters[PARAM_TIMEOUT]
+    if type(micros) is not int or micros < 0:
+        raise InvalidArgument(
+            f"parameter {PARAM_TIMEOUT!r} must be a non-negative integer (microseconds; 0: none), "
+            f"got {micros!r}"
+        )
+    return micros / 1e6 if micros else None
 
 # --- REST paths ------------------------------------------------------------------------------------
 PREFIX = "/v2"
@@ -200,7 +235,23 @@ OUTPUTS: tuple[TensorMetadata, ...] = tuple(
     _metadata_of(name, dtype, shape) for name, (dtype, shape) in contract.OUTPUT_SPEC.items()
 )
 INPUT = INPUTS[0]  # the one input, ``image`` FP32 [-1, 28, 28, 1]
+INPUTS_BY_NAME: dict[str, TensorMetadata] = {tensor.name: tensor for tensor in INPUTS}
 OUTPUTS_BY_NAME: dict[str, TensorMetadata] = {tensor.name: tensor for tensor in OUTPUTS}
+
+
+def input_dtype(name: str, datatype: Any) -> np.dtype:
+    """The numpy dtype of an input's V2 datatype. BYTES is not taken; the model's own inputs
+    must come in the model's datatype (Triton does not convert, nor do we)."""
+    expected = INPUTS_BY_NAME.get(name)
+    if datatype == BYTES:
+        raise InvalidArgument(
+            f"input {name!r} has datatype BYTES, which this server does not take: send "
+            f"{(expected or INPUT).datatype} numbers"
+        )
+    dtype = numpy_dtype(datatype)
+    if expected is not None and datatype != expected.datatype:
+        raise InvalidArgument(f"input {name!r} has datatype {datatype}; this model takes {expected.datatype}")
+    return dtype
 
 
 def parse_version(name: str, version: str | None) -> int | None:

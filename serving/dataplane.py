@@ -122,10 +122,19 @@ class DataPlane:
 
     def model_ready(self, name: str, version: int | None = None) -> bool:
         """True when the version a request would address (default: the highest served) is
-        AVAILABLE, so that a predict on it would run. Another model's name is NOT_FOUND."""
+        AVAILABLE and the server is not draining, so that a predict on it would be taken.
+        Another model's name is NOT_FOUND."""
         self._check_name(name)
         try:
             self.repository.get(version)
         except (NotFound, Unavailable):
             return False
-        return True
+        return not self._draining.is_set()
+
+    def described_versions(self, name: str, version: int | None = None) -> list[int]:
+        """The versions V2 model metadata lists: the addressed one alone, or by default every
+        AVAILABLE one. NOT_FOUND for an unknown model or version, UNAVAILABLE while none loaded."""
+        model = self.resolve(name, version)
+        if version is not None:
+            return [model.version]
+        return self.available_versions(name) or [model.version]

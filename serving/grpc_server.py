@@ -169,8 +169,9 @@ class InferenceHandlers:
 
     Readiness follows Triton: ``ServerLive`` is the process answering, ``ServerReady`` the data
     plane's readiness (a version AVAILABLE, not draining), ``ModelReady`` whether the addressed
-    version is AVAILABLE: an unknown model or version is not ready (``ready: false``, status OK,
-    as Triton answers and as ``tritonclient.is_model_ready`` expects), never an error.
+    version is AVAILABLE and the server not draining (``DataPlane.model_ready``, as over REST):
+    an unknown model or version is not ready (``ready: false``, status OK, as Triton answers and
+    as ``tritonclient.is_model_ready`` expects), never an error.
     """
 
     # Probes, like grpc.health.v1: not counted in the request metrics nor access-logged.
@@ -198,7 +199,7 @@ class InferenceHandlers:
             ready = self.dataplane.model_ready(name, v2.parse_version(name, request.version))
         except NotFound:  # another model, or a version string that is no number
             ready = False
-        return v2pb.ModelReadyResponse(ready=ready and self.dataplane.ready)
+        return v2pb.ModelReadyResponse(ready=ready)
 
     def server_metadata(
         self, request: v2pb.ServerMetadataRequest, context: grpc.ServicerContext
@@ -210,10 +211,8 @@ class InferenceHandlers:
     ) -> v2pb.ModelMetadataResponse:
         """The addressed version (``versions`` is it alone), or by default every AVAILABLE one."""
         name = require_model_name(request.name)
-        version = v2.parse_version(name, request.version)
-        model = self.dataplane.resolve(name, version)  # NOT_FOUND, or UNAVAILABLE while none loaded
-        versions = [model.version] if version is not None else self.dataplane.available_versions(name)
-        return model_metadata_response(name, versions or [model.version])
+        versions = self.dataplane.described_versions(name, v2.parse_version(name, request.version))
+        return model_metadata_response(name, versions)
 
     def model_config(
         self, request: v2pb.ModelConfigRequest, context: grpc.ServicerContext

@@ -45,7 +45,7 @@ from contract.errors import Code, InvalidArgument, NotFound, ServingError, code_
 from serving import metrics, webpage
 from serving.dataplane import DataPlane
 from serving.observe import RequestObserver
-from serving.rest_fast import JSON, FastPredict, error_body, json_body, v2_infer
+from serving.rest_fast import JSON, FastPredict, error_body, json_body, v2_headers, v2_infer
 from serving.settings import Settings
 from serving.tfserving_json import (
     decode_predict_body,
@@ -193,21 +193,18 @@ def create_app(
                 dataplane, name, version, body, request.headers.get(v2.HEADER_CONTENT_LENGTH),
                 timeout_seconds,
             )
-            if header_length is None:
-                return Response(payload, 200, mimetype=JSON)
-            return Response(
-                payload, 200, content_type=v2.BINARY_CONTENT_TYPE,
-                headers={v2.HEADER_CONTENT_LENGTH: str(header_length)},
-            )
+            return Response(payload, 200, headers=v2_headers(payload, header_length))
         # Ready, metadata and config address a version the way infer does: an unknown one is a
         # 404, none loaded yet a 503 (UNAVAILABLE), exactly as TF Serving's routes answer.
-        model = dataplane.resolve(name, version)
+        if operation == v2.OP_MODEL_METADATA:
+            return _json(encode_model_metadata(name, dataplane.described_versions(name, version)))
+        dataplane.resolve(name, version)
+        # A draining server's models are not ready either (DataPlane.model_ready decides): 503.
         if operation == v2.OP_MODEL_READY:
+            if not dataplane.model_ready(name, version):
+                raise error_for(Code.UNAVAILABLE, f"model {name!r} is not ready: the server is shutting down")
             return _json({"name": name, "ready": True})
-        if operation == v2.OP_MODEL_CONFIG:
-            return _json(model_config_json(name, dataplane.max_batch))
-        versions = [model.version] if version is not None else dataplane.available_versions(name)
-        return _json(encode_model_metadata(name, versions or [model.version]))
+        return _json(model_config_json(name, dataplane.max_batch))
 
     @app.get(v2.HEALTH_LIVE_PATH)
     def v2_live() -> Response:

@@ -79,10 +79,13 @@ def v2_infer(
     header_length: str | None,
     timeout: float | None,
 ) -> tuple[bytes, int | None]:
-    """One V2 infer: (answer body, its JSON header's length when some output is binary)."""
+    """One V2 infer: (answer body, its JSON header's length when some output is binary), within
+    ``timeout`` (the server's) or the request's ``timeout`` parameter, whichever is shorter."""
     request = decode_infer_request(body, header_length)
+    limits = [limit for limit in (timeout, request.timeout) if limit is not None]
     served, outputs = dataplane.predict(
-        name, request.inputs, version=version, output_filter=request.output_names, timeout=timeout
+        name, request.inputs, version=version, output_filter=request.output_names,
+        timeout=min(limits, default=None),
     )
     return encode_infer_response(request, name, served, outputs)
 

@@ -9,7 +9,8 @@
 - Infer answers: each output in JSON or, when asked (``binary_data`` per output,
   ``binary_data_output`` for all), as raw bytes after the JSON; the encoder returns the JSON's
   length for the ``Inference-Header-Content-Length`` header.
-- Server and model metadata (the tensors from ``contract.v2``).
+- Parameters: ``timeout`` and the extensions refused (shared memory, classification) by the
+  rules :mod:`contract.v2` shares with the gRPC codec. Server and model metadata.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from contract.errors import InvalidArgument
 _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 _INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
 _OUTPUT_KEYS = {"name", "parameters"}
-_MODEL_INPUTS = {tensor.name: tensor for tensor in v2.INPUTS}
 # The numpy kinds JSON numbers may arrive as, per kind of the declared dtype (JSON ints are
 # fine for FP32; floats are not integers; only true/false are BOOL).
 _JSON_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
@@ -49,6 +49,7 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...] = ()  # empty: every output of the model
     binary_output: bool = False  # ``binary_data_output``: outputs in binary unless they say
     id: str | None = None
+    timeout: float | None = None  # seconds, from the ``timeout`` parameter (microseconds)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -95,17 +96,18 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """(JSON, binary tensors) by the binary extension's header; all JSON without it."""
+def _split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
+    """(JSON, binary tensors) by the binary extension's header, as views of ``body`` (the
+    tensors are not copied before numpy reads them); all JSON without it."""
+    view = memoryview(body)
     if header_length is None:
-        return body, b""
-    text, header = header_length.strip(), v2.HEADER_CONTENT_LENGTH
-    if not (text.isascii() and text.isdigit()):
+        return view, view[:0]
+    size, header = v2.header_length_value(header_length), v2.HEADER_CONTENT_LENGTH
+    if size is None:
         raise InvalidArgument(f"{header} must be a non-negative integer, got {header_length!r}")
-    size = int(text)
     if size > len(body):
         raise InvalidArgument(f"{header} {size} is past the end of the {len(body)}-byte body")
-    return body[:size], body[size:]
+    return view[:size], view[size:]
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
@@ -124,6 +126,12 @@ def _from_json(data: Any, dtype: np.dtype, datatype: str, where: str) -> np.ndar
         raise InvalidArgument(f'"data" of {where} must be a rectangular array of {datatype} values') from None
     if array.size and array.dtype.kind not in _JSON_KINDS[dtype.kind]:
         raise InvalidArgument(f'"data" of {where} must be {datatype} values, got {array.dtype.name} values')
+    if array.size and dtype.kind in "iu":  # integers must fit, never wrap round
+        limits = np.iinfo(dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise InvalidArgument(
+                f'"data" of {where} holds values outside {datatype}\'s range [{limits.min}, {limits.max}]'
+            )
     with np.errstate(over="ignore", invalid="ignore"):  # out-of-range pixels: the data plane says
         return array.astype(dtype, copy=False)
 
@@ -143,17 +151,10 @@ def _decode_input(
             raise InvalidArgument(f'{where} has no "{key}"')
     shape = _shape(tensor["shape"], where)
     datatype = tensor["datatype"]
-    if datatype == v2.BYTES:
-        raise InvalidArgument(
-            f"{where} has datatype BYTES, which this server does not take: send "
-            f"{_MODEL_INPUTS.get(name, v2.INPUT).datatype} numbers"
-        )
-    dtype = v2.numpy_dtype(datatype)
-    expected = _MODEL_INPUTS.get(name)
-    if expected is not None and datatype != expected.datatype:
-        raise InvalidArgument(f"{where} has datatype {datatype}; this model takes {expected.datatype}")
+    dtype = v2.input_dtype(name, datatype)
     count = math.prod(shape)
     parameters = _object(tensor.get("parameters", {}), f'"parameters" of {where}')
+    v2.refuse_unsupported(where, parameters)
     size = parameters.get(v2.PARAM_BINARY_DATA_SIZE)
     if size is None:
         if "data" not in tensor:
@@ -199,11 +200,7 @@ def _decode_outputs(value: Any) -> tuple[RequestedOutput, ...]:
         if name in (o.name for o in outputs):
             raise InvalidArgument(f"output {name!r} is asked for twice")
         parameters = _object(output.get("parameters", {}), f'"parameters" of output {name!r}')
-        if parameters.get(v2.PARAM_CLASSIFICATION):
-            raise InvalidArgument(
-                f"output {name!r} asks for classification, an extension this server does not "
-                f"implement (extensions: {list(v2.EXTENSIONS)}); ask for the probabilities"
-            )
+        v2.refuse_unsupported(f"output {name!r}", parameters)
         outputs.append(RequestedOutput(name, _flag(parameters, v2.PARAM_BINARY_DATA, f"output {name!r}")))
     return tuple(outputs)
 
@@ -225,6 +222,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         raise InvalidArgument(f'"id" must be a string, got {request_id!r}')
     parameters = _object(request.get("parameters", {}), '"parameters" of the request')
     binary_output = _flag(parameters, v2.PARAM_BINARY_DATA_OUTPUT, '"parameters" of the request')
+    v2.refuse_unsupported("request", parameters)
     tensors = request.get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise InvalidArgument('request body needs "inputs": a non-empty list of tensors')
@@ -246,6 +244,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         outputs=_decode_outputs(request.get("outputs", [])),
         binary_output=bool(binary_output),
         id=request_id,
+        timeout=v2.request_timeout(parameters),
     )
 
 

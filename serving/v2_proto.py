@@ -17,10 +17,11 @@ Decisions, following Triton (what ``tritonclient`` expects):
   outputs from nowhere else.
 - ``model_version``: empty is the default version (highest available), digits a version number;
   anything else names no version of ours (NOT_FOUND), as on the V2 REST routes.
-- Parameters: the request's ``timeout`` (microseconds, Triton's) bounds the wait like the gRPC
-  deadline; extensions we do not implement (shared memory, classification) are refused with
-  INVALID_ARGUMENT instead of being silently ignored; other parameters are ignored, as Triton
-  leaves them to a backend that has no use for them here.
+- Parameters (rules shared with REST in :mod:`contract.v2`): the request's ``timeout``
+  (microseconds, Triton's; 0 is none) bounds the wait like the gRPC deadline; extensions we do
+  not implement (shared memory, classification) are refused with INVALID_ARGUMENT instead of
+  being silently ignored; other parameters are ignored, as Triton leaves them to a backend that
+  has no use for them here.
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ from contract.errors import InvalidArgument
 from contract.proto import digits_v2_pb2 as pb
 
 _CONTENT_FIELDS = tuple(field.name for field in pb.InferTensorContents.DESCRIPTOR.fields)
-_MODEL_INPUTS = {tensor.name: tensor for tensor in v2.INPUTS}
-
-PARAM_TIMEOUT = "timeout"  # a request parameter: Triton's server-side timeout, in microseconds
-# Parameters of an extension digits does not implement: refused, never silently ignored.
-_SHARED_MEMORY_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 @dataclass(frozen=True)
@@ -71,26 +67,12 @@ def _shape(name: str, dims: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def _datatype(tensor: pb.ModelInferRequest.InferInputTensor) -> np.dtype:
-    """The input's numpy dtype; the model's own inputs must come in the model's datatype."""
-    expected = _MODEL_INPUTS.get(tensor.name)
-    if tensor.datatype == v2.BYTES:
-        raise InvalidArgument(
-            f"input {tensor.name!r} has datatype BYTES, which this server does not take: send "
-            f"{(expected or v2.INPUT).datatype} numbers"
-        )
-    dtype = v2.numpy_dtype(tensor.datatype)
-    if expected is not None and tensor.datatype != expected.datatype:
-        raise InvalidArgument(
-            f"input {tensor.name!r} has datatype {tensor.datatype}; this model takes {expected.datatype}"
-        )
-    return dtype
-
-
 def _from_raw(
     tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes, dtype: np.dtype, shape: tuple[int, ...]
 ) -> np.ndarray:
-    """A read-only view of the little-endian bytes (no copy: the data plane only reads inputs)."""
+    """A read-only array over ``raw``, the little-endian bytes: numpy wraps that bytes object
+    without copying it (the data plane only reads inputs). ``raw`` itself is a copy: upb hands out
+    a fresh bytes object on each access to ``raw_input_contents``."""
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
@@ -127,11 +109,14 @@ def _from_contents(
     return np.array(values, dtype=dtype).reshape(shape)
 
 
-def _refuse_unsupported(where: str, parameters: Mapping[str, pb.InferParameter]) -> None:
-    if any(key in parameters for key in _SHARED_MEMORY_PARAMS):
-        raise InvalidArgument(f"{where}: the shared-memory extension is not supported here")
-    if v2.PARAM_CLASSIFICATION in parameters:
-        raise InvalidArgument(f"{where}: the classification extension is not supported here")
+def _plain(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object]:
+    """The parameters as plain values (the set one of each ``parameter_choice``; None if none),
+    for the rules :mod:`contract.v2` shares with the REST codec."""
+    plain: dict[str, object] = {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        plain[key] = None if kind is None else getattr(parameter, kind)
+    return plain
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
@@ -146,8 +131,8 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     for index, tensor in enumerate(request.inputs):
         if tensor.name in arrays:
             raise InvalidArgument(f"input {tensor.name!r} is given more than once")
-        _refuse_unsupported(f"input {tensor.name!r}", tensor.parameters)
-        dtype, shape = _datatype(tensor), _shape(tensor.name, tensor.shape)
+        v2.refuse_unsupported(f"input {tensor.name!r}", _plain(tensor.parameters))
+        dtype, shape = v2.input_dtype(tensor.name, tensor.datatype), _shape(tensor.name, tensor.shape)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
@@ -171,35 +156,23 @@ def decode_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
             )
         if output.name in names:
             raise InvalidArgument(f"output {output.name!r} is requested more than once")
-        _refuse_unsupported(f"output {output.name!r}", output.parameters)
+        v2.refuse_unsupported(f"output {output.name!r}", _plain(output.parameters))
         names.append(output.name)
     return tuple(names)
-
-
-def _timeout(parameters: Mapping[str, pb.InferParameter]) -> float | None:
-    if PARAM_TIMEOUT not in parameters:
-        return None
-    parameter = parameters[PARAM_TIMEOUT]
-    kind = parameter.WhichOneof("parameter_choice")
-    if kind not in ("int64_param", "uint64_param"):
-        raise InvalidArgument(f"parameter {PARAM_TIMEOUT!r} must be an integer (microseconds)")
-    micros = getattr(parameter, kind)
-    if micros <= 0:
-        raise InvalidArgument(f"parameter {PARAM_TIMEOUT!r} must be positive, got {micros}")
-    return micros / 1e6
 
 
 def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     """Everything the data plane needs from a ``ModelInferRequest``; InvalidArgument otherwise."""
     name = require_model_name(request.model_name)
-    _refuse_unsupported("request", request.parameters)
+    parameters = _plain(request.parameters)
+    v2.refuse_unsupported("request", parameters)
     return InferRequest(
         model_name=name,
         version=v2.parse_version(name, request.model_version),
         id=request.id,
         inputs=decode_inputs(request),
         outputs=decode_outputs(request),
-        timeout=_timeout(request.parameters),
+        timeout=v2.request_timeout(parameters),
     )
 
 

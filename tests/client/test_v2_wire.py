@@ -19,7 +19,14 @@ from client.api import ModelSpec, V2GrpcClient, V2RestClient, connect
 from client.v2_grpc_client import infer_request as grpc_infer_request
 from client.v2_grpc_client import parse_infer_response as parse_grpc_answer
 from client.v2_grpc_client import parse_model_metadata as parse_grpc_metadata
-from client.v2_rest_client import BINARY, JSON, infer_request, parse_infer_response, parse_model_metadata
+from client.v2_rest_client import (
+    BINARY,
+    JSON,
+    infer_request,
+    parse_infer_response,
+    parse_model_metadata,
+    split_body,
+)
 from contract import v2
 from contract.errors import ProtocolError
 from contract.proto import digits_v2_pb2 as pb
@@ -107,6 +114,7 @@ def test_triton_shaped_answers_decode_binary_and_json() -> None:
     ("body", "header_length", "words"),
     [
         (b'{"outputs": []}', "99", "does not fit"),
+        (b'{"outputs": []}', "+1_5", "does not fit"),  # int() would take it; the server would not
         (b'{"outputs": []}', None, "lacks output"),
         (b"not json", None, "not a V2 infer response"),
         (b'{"outputs": [{"name": "digit", "datatype": "FP99", "shape": [1], "data": [1]}]}', None, "FP99"),
@@ -135,6 +143,12 @@ def test_answers_with_other_shapes_or_extra_bytes_are_refused() -> None:
         parse_infer_response(header, None, expected=3)
     with pytest.raises(ProtocolError, match="after the last output"):
         parse_infer_response(header + b"\x00" * 4, str(len(header)), expected=2)
+
+
+def test_the_binary_tail_is_a_view_of_the_answer() -> None:
+    body = b'{"outputs": []}' + bytes(8)
+    header, tail = split_body(body, "15")
+    assert header == b'{"outputs": []}' and isinstance(tail, memoryview) and tail.obj is body
 
 
 def test_model_metadata_becomes_one_signature() -> None:

@@ -82,3 +82,36 @@ def test_every_typed_contents_field_exists_and_fits_its_datatype():
         assert name in fields, name
         kind = v2.numpy_dtype(datatype).kind
         assert name.startswith({"b": "bool", "i": "int", "u": "uint", "f": "fp"}[kind]), (datatype, name)
+
+
+def test_the_parameter_rules_both_codecs_share():
+    for key in (*v2.SHARED_MEMORY_PARAMS, v2.PARAM_CLASSIFICATION):
+        with pytest.raises(InvalidArgument) as refused:
+            v2.refuse_unsupported("output 'digit'", {key: 0})
+        assert refused.value.message in (
+            "output 'digit': the shared-memory extension is not supported here",
+            "output 'digit': the classification extension is not supported here",
+        )
+    v2.refuse_unsupported("request", {"priority": 1, v2.PARAM_BINARY_DATA_OUTPUT: True})
+    assert v2.request_timeout({}) is None and v2.request_timeout({"timeout": 0}) is None
+    assert v2.request_timeout({"timeout": 1_500_000}) == 1.5
+    for bad in (-1, True, 1.5, "10", None):
+        with pytest.raises(InvalidArgument, match="non-negative integer"):
+            v2.request_timeout({"timeout": bad})
+
+
+def test_input_dtype_is_the_models_datatype_and_never_bytes():
+    assert v2.input_dtype(contract.INPUT_NAME, "FP32") == np.float32
+    assert v2.input_dtype("other", "INT64") == np.int64  # not the model's: the data plane says
+    with pytest.raises(InvalidArgument, match="has datatype INT64; this model takes FP32"):
+        v2.input_dtype(contract.INPUT_NAME, "INT64")
+    with pytest.raises(InvalidArgument, match="BYTES, which this server does not take: send FP32"):
+        v2.input_dtype("other", "BYTES")
+    with pytest.raises(InvalidArgument, match="unknown datatype"):
+        v2.input_dtype("other", "FP99")
+
+
+@pytest.mark.parametrize(("text", "value"), [("12", 12), (" 0 ", 0), ("+3", None), ("1_0", None),
+                                             ("-1", None), ("", None), ("\u0661\u0662", None)])
+def test_header_length_values_are_ascii_digits_only(text, value):
+    assert v2.header_length_value(text) == value

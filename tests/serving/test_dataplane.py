@@ -92,3 +92,20 @@ def test_draining_turns_readiness_off(dataplane: DataPlane) -> None:
     assert dataplane.ready
     dataplane.start_draining()
     assert not dataplane.ready
+
+
+def test_a_draining_servers_models_are_not_ready(dataplane: DataPlane) -> None:
+    """The one rule both V2 adapters answer model readiness by."""
+    assert dataplane.model_ready(MODEL_NAME) and dataplane.model_ready(MODEL_NAME, 1)
+    assert not dataplane.model_ready(MODEL_NAME, 2)  # failed to load
+    dataplane.start_draining()
+    assert not dataplane.model_ready(MODEL_NAME) and not dataplane.model_ready(MODEL_NAME, 1)
+
+
+def test_described_versions_are_the_addressed_one_or_every_available_one(dataplane: DataPlane) -> None:
+    assert dataplane.described_versions(MODEL_NAME) == [1]
+    assert dataplane.described_versions(MODEL_NAME, 1) == [1]
+    with pytest.raises(NotFound):
+        dataplane.described_versions(MODEL_NAME, 2)
+    with pytest.raises(NotFound):
+        dataplane.described_versions("other")

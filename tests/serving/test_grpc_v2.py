@@ -17,8 +17,10 @@ from prometheus_client import REGISTRY
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
+from client.api import ModelSpec, V2GrpcClient
 from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES, PREDICT_RPC, v2
 from contract.codecs import make_ndarray, make_tensor_proto
+from contract.errors import NotFound
 from contract.proto import digits_tfserving_pb2 as tfpb
 from contract.proto import digits_v2_pb2 as pb
 from serving.dataplane import DataPlane
@@ -218,12 +220,31 @@ def test_a_missing_model_name_is_invalid(channel: grpc.Channel) -> None:
         assert info.value.details() == "the model name is required"
 
 
-def test_draining_server_is_live_but_not_ready(
+def test_draining_server_is_live_but_neither_it_nor_its_models_are_ready(
     client: triton.InferenceServerClient, dataplane: DataPlane, channel: grpc.Channel
 ) -> None:
+    """As over REST (test_rest_v2.py): a draining server's models are not ready either."""
+    assert client.is_model_ready(MODEL_NAME)
     dataplane.start_draining()
     assert client.is_server_live()
     assert not client.is_server_ready() and not client.is_model_ready(MODEL_NAME)
+    assert not dataplane.model_ready(MODEL_NAME)
+
+
+def test_our_client_reads_a_model_with_no_version_loaded_as_not_ready(tmp_path: Path) -> None:
+    """ModelReady says false and ModelMetadata UNAVAILABLE: not ready, as V2RestClient answers."""
+    repository = ModelRepository(MODEL_NAME, tmp_path / MODEL_NAME, poll_wait_seconds=0)
+    repository.start()
+    server, _, port = build_server(DataPlane(repository), "127.0.0.1:0", access_log=False)
+    server.start()
+    try:
+        with V2GrpcClient(f"127.0.0.1:{port}", timeout=5) as ours:
+            assert ours.ready() is False and not ours.server_ready()
+        with V2GrpcClient(f"127.0.0.1:{port}", ModelSpec(name="other"), timeout=5) as other:
+            with pytest.raises(NotFound):
+                other.ready()
+    finally:
+        server.stop(0)
 
 
 def test_grpc_health_knows_the_v2_service(channel: grpc.Channel) -> None:

@@ -220,13 +220,42 @@ def test_without_an_available_version(empty_dataplane: DataPlane) -> None:
     assert client.get(v2.PREFIX).status_code == 200
 
 
-def test_draining_turns_server_readiness_off_not_the_models(
-    client: FlaskClient, dataplane: DataPlane
-) -> None:
+def test_draining_turns_server_and_model_readiness_off(client: FlaskClient, dataplane: DataPlane) -> None:
+    """As over gRPC (test_grpc_v2.py): a draining server's models are not ready either."""
+    assert client.get(v2.ready_path(MODEL_NAME)).status_code == 200
     dataplane.start_draining()
     assert client.get(v2.HEALTH_READY_PATH).status_code == 503
-    assert client.get(v2.ready_path(MODEL_NAME)).status_code == 200
-    assert dataplane.model_ready(MODEL_NAME) and not dataplane.model_ready(MODEL_NAME, 7)
+    response = client.get(v2.ready_path(MODEL_NAME))
+    assert response.status_code == 503 and "shutting down" in response.get_json()["error"]
+    assert not dataplane.model_ready(MODEL_NAME) and not dataplane.model_ready(MODEL_NAME, 7)
+    assert client.get(v2.model_path(MODEL_NAME)).status_code == 200  # metadata still answers
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "flask"])
+@pytest.mark.parametrize(
+    ("parameters", "expected"), [({}, 5.0), ({"timeout": 0}, 5.0), ({"timeout": 250_000}, 0.25),
+                                 ({"timeout": 9_000_000}, 5.0)],
+)
+def test_the_timeout_parameter_bounds_the_call_as_over_grpc(
+    dataplane: DataPlane, fast: bool, parameters: dict, expected: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data plane gets the server's timeout or the request's (microseconds), the shorter."""
+    seen, predict = [], dataplane.predict
+    monkeypatch.setattr(
+        dataplane, "predict", lambda *a, **kw: seen.append(kw["timeout"]) or predict(*a, **kw)
+    )
+    app = create_app(dataplane, max_request_bytes=MAX_BYTES, timeout_seconds=5.0, access_log=False,
+                     fast_predict=fast)
+    response = app.test_client().post(INFER, data=_json_request(IMAGES[:1], parameters=parameters))
+    assert response.status_code == 200 and seen == [expected]
+
+
+@pytest.mark.parametrize("key", [*v2.SHARED_MEMORY_PARAMS, v2.PARAM_CLASSIFICATION])
+def test_unimplemented_extensions_are_a_400_not_ignored(client: FlaskClient, key: str) -> None:
+    body = _json_request(IMAGES[:1], outputs=[{"name": OUTPUT_DIGIT, "parameters": {key: 1}}])
+    response = client.post(INFER, data=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith(f"output {OUTPUT_DIGIT!r}: the ")
 
 
 # --- observation, and the fast path against Flask ------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from contract import INPUT_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES, v2
 from contract.errors import InvalidArgument
+from contract.proto import digits_v2_pb2 as pb
 from serving.v2_json import (
     InferRequest,
     RequestedOutput,
@@ -20,6 +21,7 @@ from serving.v2_json import (
     encode_infer_response,
     encode_model_metadata,
 )
+from serving.v2_proto import decode_infer_request as decode_grpc_request
 
 PIXELS = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
 
@@ -147,9 +149,6 @@ def test_a_header_without_binary_data_is_plain_json() -> None:
         (_body(_tensor(PIXELS.tolist()), outputs=[{"name": OUTPUT_DIGIT}] * 2), "asked for twice"),
         (_body(_tensor(PIXELS.tolist()), outputs=[{"name": OUTPUT_DIGIT, "parameters": {"binary_data": 1}}]),
          '"binary_data" in output \'digit\' must be true or false'),
-        (_body(_tensor(PIXELS.tolist()), outputs=[{"name": OUTPUT_PROBABILITIES,
-                                                   "parameters": {"classification": 3}}]),
-         "classification, an extension this server does not implement"),
         (_body(_tensor(PIXELS.tolist()), parameters={"binary_data_output": "yes"}), "must be true or false"),
     ],
 )
@@ -168,6 +167,61 @@ def test_a_broken_json_header_names_the_header() -> None:
 def test_unknown_request_parameters_are_ignored() -> None:
     body = _body(_tensor(PIXELS.tolist()), parameters={"timeout": 100, "priority": 1})
     assert decode_infer_request(body).inputs[INPUT_NAME].shape == PIXELS.shape
+
+
+@pytest.mark.parametrize(("micros", "seconds"), [(None, None), (0, None), (250_000, 0.25)])
+def test_the_timeout_parameter_is_microseconds_and_zero_is_none(micros, seconds) -> None:
+    parameters = {} if micros is None else {"timeout": micros}
+    assert decode_infer_request(_body(_tensor(PIXELS.tolist()), parameters=parameters)).timeout == seconds
+    with pytest.raises(InvalidArgument, match="non-negative integer"):
+        decode_infer_request(_body(_tensor(PIXELS.tolist()), parameters={"timeout": "soon"}))
+
+
+@pytest.mark.parametrize("where", ["input", "output", "request"])
+@pytest.mark.parametrize("key", [*v2.SHARED_MEMORY_PARAMS, v2.PARAM_CLASSIFICATION])
+def test_unimplemented_extensions_are_refused_as_grpc_refuses_them(where: str, key: str) -> None:
+    """Shared memory and classification: the same INVALID_ARGUMENT message from both codecs."""
+    place = {"input": "inputs", "output": "outputs", "request": "request"}[where]
+    inputs = [_tensor(PIXELS.tolist(), parameters={key: 1} if place == "inputs" else {})]
+    outputs = [{"name": OUTPUT_DIGIT, "parameters": {key: 1} if place == "outputs" else {}}]
+    body = _body(*inputs, outputs=outputs, parameters={key: 1} if place == "request" else {})
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=[PIXELS.tobytes()])
+    request.inputs.add(name=INPUT_NAME, datatype="FP32", shape=PIXELS.shape)
+    request.outputs.add(name=OUTPUT_DIGIT)
+    target = {"inputs": request.inputs[0], "outputs": request.outputs[0], "request": request}[place]
+    target.parameters[key].int64_param = 1
+    with pytest.raises(InvalidArgument) as rest:
+        decode_infer_request(body)
+    with pytest.raises(InvalidArgument) as grpc:
+        decode_grpc_request(request)
+    assert rest.value.message == grpc.value.message
+    assert rest.value.message.endswith("extension is not supported here")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"), [("INT64", [2**63]), ("UINT8", [-1]), ("INT8", [128]), ("UINT64", [-1])]
+)
+def test_json_integers_outside_the_datatype_are_refused_not_wrapped(datatype: str, data: list) -> None:
+    tensor = {"name": "count", "shape": [1], "datatype": datatype, "data": data}
+    with pytest.raises(InvalidArgument, match=f"outside {datatype}'s range"):
+        decode_infer_request(_body(tensor))
+
+
+def test_json_integers_at_the_datatype_limits_are_kept() -> None:
+    tensor = {"name": "count", "shape": [2], "datatype": "INT8", "data": [-128, 127]}
+    np.testing.assert_array_equal(decode_infer_request(_body(tensor)).inputs["count"], [-128, 127])
+    tensor = {"name": "big", "shape": [1], "datatype": "UINT64", "data": [2**64 - 1]}
+    assert decode_infer_request(_body(tensor)).inputs["big"][0] == 2**64 - 1
+
+
+def test_binary_inputs_are_read_from_the_body_itself() -> None:
+    """The tensors are a view of the request body: no copy of the binary tail."""
+    header = {"inputs": [_tensor(parameters={"binary_data_size": PIXELS.nbytes})]}
+    body, length = _binary(header, PIXELS.tobytes())
+    owner = decode_infer_request(body, length).inputs[INPUT_NAME]
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(owner, memoryview) and owner.obj is body
 
 
 # --- encoding ----------------------------------------------------------------------------------

@@ -46,10 +46,16 @@ def test_raw_and_typed_contents_decode_to_the_same_array(raw: bool) -> None:
     assert decoded.outputs == () and decoded.timeout is None
 
 
-def test_raw_contents_are_read_little_endian_without_a_copy() -> None:
+def test_raw_contents_are_read_little_endian_from_the_bytes_upb_hands_out() -> None:
+    """upb copies ``raw_input_contents`` out on each access; numpy then wraps that copy as is."""
     request = _request()
+    assert request.raw_input_contents[0] is not request.raw_input_contents[0]
     image = decode_infer_request(request).inputs[INPUT_NAME]
-    assert not image.flags.writeable  # a view of the request's bytes
+    owner = image
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(owner, bytes) and owner == request.raw_input_contents[0]  # no second copy
+    assert not image.flags.writeable
     assert image.tobytes() == IMAGES.astype("<f4").tobytes()
 
 
@@ -177,11 +183,13 @@ def test_the_timeout_parameter_is_microseconds() -> None:
     request.parameters["custom"].string_param = "ignored"
     assert decode_infer_request(request).timeout == 0.25
     request.parameters["timeout"].string_param = "soon"
-    with pytest.raises(InvalidArgument, match="must be an integer"):
+    with pytest.raises(InvalidArgument, match="must be a non-negative integer"):
         decode_infer_request(request)
-    request.parameters["timeout"].int64_param = 0
-    with pytest.raises(InvalidArgument, match="must be positive"):
+    request.parameters["timeout"].int64_param = -1
+    with pytest.raises(InvalidArgument, match="must be a non-negative integer"):
         decode_infer_request(request)
+    request.parameters["timeout"].uint64_param = 0  # no timeout, as Triton reads it
+    assert decode_infer_request(request).timeout is None
 
 
 @pytest.mark.parametrize(
