@@ -193,11 +193,18 @@ def test_gpu_only_in_gpu_overlays_and_only_for_training(root: str) -> None:
         assert gpu_required(None, _env(train)) is False
         assert "nodeSelector" not in spec and "tolerations" not in spec
         assert train["image"].endswith("-cpu"), "the CPU build of digits-train"
-    # No other container anywhere asks for a GPU (data prep, export, servers, Locust).
+    # No other container anywhere asks for a GPU (data prep, export, servers, Locust), and the
+    # training image's other containers run its CPU build (no 4.4 GB of CUDA wheels to pull).
     for _, pod_name, pod, _ in all_pods():
         for c in containers(pod):
             if (pod_name, c["name"]) != ("digits-train-grid", "train"):
                 assert "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {}), (pod_name, c["name"])
+    for pod_name in ("digits-train-grid", "digits-export"):
+        pod = get(root, "Job", pod_name)["spec"]["template"]["spec"]
+        for c in containers(pod):
+            gpu_build_allowed = (pod_name, c["name"]) == ("digits-train-grid", "train")
+            if c["image"].startswith("digits-train:") and not gpu_build_allowed:
+                assert c["image"].endswith("-cpu"), (root, pod_name, c["name"], c["image"])
     if root not in GPU_OVERLAYS:
         assert "nvidia.com" not in yaml.safe_dump_all(rendered(root))
 
