@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -60,6 +59,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 import contract
 from contract.mnist import load_split, mnist_dir, to_model_input
+from loadtest.server import free_port
 
 MNIST_DIR = mnist_dir().resolve()  # $MNIST_DIR, else data/mnist: mounted read-only into containers
 PRETRAINED = ROOT / "pretrained" / contract.MODEL_NAME
@@ -119,12 +119,6 @@ def serving_pod() -> ServingPod:
     pause = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
     grace = float(spec.get("terminationGracePeriodSeconds", 30)) - pause
     return ServingPod(source, list(c.get("args", [])), run_as(spec, c), grace)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def with_ports(args: list[str], grpc_port: int, rest_port: int) -> list[str]:

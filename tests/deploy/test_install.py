@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 from deploy_support import ROOT, build_context
 
 import contract
+from loadtest.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +34,6 @@ HEAVY = {"tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "tensor
 INSTALL_TIMEOUT_S = 240.0
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _clean_env() -> dict[str, str]:
@@ -106,7 +100,7 @@ def test_serve_extra_installs_without_tensorflow_and_serves(model_base_path: Pat
     # Its console script serving a copy of the exported model.
     repository = tmp_path / "models" / contract.MODEL_NAME
     shutil.copytree(model_base_path, repository)
-    grpc_port, rest_port = _free_port(), _free_port()
+    grpc_port, rest_port = free_port(), free_port()
     rest = f"http://127.0.0.1:{rest_port}"
     log_path = tmp_path / "server.log"
     mark = time.monotonic()

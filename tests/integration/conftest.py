@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,11 @@ import psutil
 import pytest
 
 from contract import MODEL_NAME, READINESS_PATH, model_versions, version_path
+from loadtest.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0  # two cores, a training grid in the background: generous but bounded
 STOP_TIMEOUT_S = 40.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
