@@ -81,7 +81,7 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
     pick.add_argument("--model-label", metavar="LABEL", help="a version label (e.g. stable)")
     model.add_argument("--signature-name", default=contract.SIGNATURE_NAME)
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request (default 10)"
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request (default %(default)g)"
     )
 
 

@@ -3,8 +3,9 @@
 Our messages live in the ``digits.tfserving`` proto package (see ``protos/``), wire-identical to
 TF Serving's, and no service is declared there, so the TF Serving method paths from
 :mod:`contract` are bound here with ``channel.unary_unary``. Inputs travel as
-``tensor_content`` (raw little-endian bytes: the cheapest encoding for both ends; TF Serving
-accepts it). This module never imports TensorFlow.
+``tensor_content`` (raw little-endian bytes: nothing to print or parse at either end; TF Serving
+accepts it). The channel and the calls' error mapping are :mod:`client.grpc_transport`. This
+module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,18 +18,16 @@ import grpc
 import numpy as np
 
 import contract
-from client.base import DigitsClient, ModelSpec, Prediction, as_batch, checked_prediction
+from client.base import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, Prediction, as_batch, checked_prediction
+from client.grpc_transport import open_channel, unary_call
 from contract.codecs import TensorCodecError, dtype_name, make_ndarray, make_tensor_proto
-from contract.errors import ProtocolError, error_for
+from contract.errors import ProtocolError
 from contract.proto import digits_tfserving_pb2 as pb
 from contract.types import ModelMetadata, Signature, TensorSpec, VersionStatus
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "gRPC"
-# Room for a full batch of the contract's largest size (1024 x 28 x 28 float32 is 3.2 MB as
-# tensor_content, ~4 MB as typed floats) plus the answer; grpcio's default receive limit is 4 MB.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def model_spec_proto(spec: ModelSpec) -> pb.ModelSpec:
@@ -119,21 +118,6 @@ def parse_status(response: pb.GetModelStatusResponse) -> list[VersionStatus]:
     ]
 
 
-def rpc_error(exc: grpc.RpcError, protocol: str = PROTOCOL) -> Exception:
-    """The :mod:`contract.errors` class for a failed call (code name + the server's details)."""
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    return error_for(name, details or name, protocol=protocol)
-
-
-def channel_options() -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-
-
 class GrpcClient(DigitsClient):
     """:class:`client.api.DigitsClient` over TF Serving's gRPC API.
 
@@ -151,15 +135,14 @@ class GrpcClient(DigitsClient):
         target: str,
         spec: ModelSpec | None = None,
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         output_filter: Sequence[str] = (),
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
     ) -> None:
         super().__init__(spec, timeout=timeout)
         self.target = target.removeprefix("grpc://")
         self.output_filter = tuple(output_filter)
-        self._channel = grpc.insecure_channel(self.target, options=channel_options())
-        channel = grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
+        self._channel, channel = open_channel(self.target, interceptors)
         self._predict = channel.unary_unary(
             contract.PREDICT_RPC,
             request_serializer=pb.PredictRequest.SerializeToString,
@@ -207,7 +190,4 @@ class GrpcClient(DigitsClient):
         self._channel.close()
 
     def _invoke(self, method: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from None
+        return unary_call(method, request, self.timeout, PROTOCOL)

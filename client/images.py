@@ -30,8 +30,8 @@ from contract.mnist import DataError, load_split, to_model_input
 log = logging.getLogger(__name__)
 
 FIT_BOX = 20  # MNIST scaled each digit to fit a 20x20 box inside the 28x28 field
-# MNIST's centre of mass sits at pixel (14, 14) of the 28x28 field (mean over the test set:
-# 13.99, 14.01, spread 0.29 = an integer shift), so the target is the field's half size.
+# MNIST shifted each digit by whole pixels so that its centre of mass sits at the field's centre,
+# so the target is the field's half size.
 CENTRE = contract.IMAGE_SIZE / 2
 MAX_SIDE = 1024  # larger pictures are reduced first: the digit ends up 20 px anyway
 MIN_CONTRAST = 0.15  # ink vs paper difference below this (in [0,1] grey) is "no digit"
@@ -176,37 +176,61 @@ def _load_picture(path: Path) -> np.ndarray:
 
 def _array_to_inputs(source: str, array: np.ndarray) -> list[InputImage]:
     """A loaded .npy array -> model inputs (see the module docstring for accepted shapes)."""
+    values = _pixel_values(source, array)
+    batch = _image_batch(values)
+    if batch is not None:
+        return _batch_inputs(source, batch)
+    if values.ndim == 2 and min(values.shape) > 1:
+        # A grey picture of another size: make it MNIST-like like any picture.
+        return [InputImage(source, _array_picture(source, values))]
     size = contract.IMAGE_SIZE
+    raise InputError(
+        source,
+        f"array shape {list(values.shape)} is not an image; expected [{size},{size}], "
+        f"[{size},{size},1], [{contract.PIXELS}] or N of those",
+    )
+
+
+def _pixel_values(source: str, array: np.ndarray) -> np.ndarray:
+    """The array as float32 pixels in [0, 1]: uint8 bytes scaled as MNIST did, other numbers
+    checked to be in range already."""
     if array.dtype == np.uint8:
-        values = array.astype(np.float32) / contract.PIXEL_SCALE
-    elif np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer):
-        values = array.astype(np.float32)
-        if not np.all(np.isfinite(values)):
-            raise InputError(source, "array holds NaN or infinite values")
-        if values.size and (values.min() < 0.0 or values.max() > 1.0):
-            raise InputError(
-                source,
-                f"pixel values span [{values.min():g}, {values.max():g}]; scale them to [0, 1] "
-                f"(MNIST: byte / {contract.PIXEL_SCALE:g}) or save the array as uint8",
-            )
-    else:
+        return array.astype(np.float32) / contract.PIXEL_SCALE
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise InputError(source, f"array dtype {array.dtype} is not numeric")
-    shape = values.shape
-    if shape in ((size, size), (size, size, 1), (contract.PIXELS,)):
-        batch = values.reshape(1, size, size, 1)
-    elif values.ndim >= 2 and shape[1:] in ((size, size), (size, size, 1), (contract.PIXELS,)):
-        batch = values.reshape(shape[0], size, size, 1)
-    elif values.ndim == 2 and min(shape) > 1:
-        try:  # a grey picture of another size: make it MNIST-like like any picture
-            return [InputImage(source, preprocess_ink(_stretched(values, background=None)))]
-        except ValueError as exc:
-            raise InputError(source, str(exc)) from None
-    else:
+    values = array.astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise InputError(source, "array holds NaN or infinite values")
+    if values.size and (values.min() < 0.0 or values.max() > 1.0):
         raise InputError(
             source,
-            f"array shape {list(shape)} is not an image; expected [{size},{size}], "
-            f"[{size},{size},1], [{contract.PIXELS}] or N of those",
+            f"pixel values span [{values.min():g}, {values.max():g}]; scale them to [0, 1] "
+            f"(MNIST: byte / {contract.PIXEL_SCALE:g}) or save the array as uint8",
         )
+    return values
+
+
+def _image_batch(values: np.ndarray) -> np.ndarray | None:
+    """One image or N images of the model's size as [N, 28, 28, 1]; None for any other shape."""
+    size = contract.IMAGE_SIZE
+    image_shapes = ((size, size), (size, size, 1), (contract.PIXELS,))
+    if values.shape in image_shapes:
+        return values.reshape(1, size, size, 1)
+    if values.ndim >= 2 and values.shape[1:] in image_shapes:
+        return values.reshape(values.shape[0], size, size, 1)
+    return None
+
+
+def _array_picture(source: str, grey: np.ndarray) -> np.ndarray:
+    """A 2-D grey array of any size preprocessed as a picture -> [28, 28, 1]."""
+    try:
+        return preprocess_ink(_stretched(grey, background=None))
+    except ValueError as exc:
+        raise InputError(source, str(exc)) from None
+
+
+def _batch_inputs(source: str, batch: np.ndarray) -> list[InputImage]:
+    """A [N, 28, 28, 1] batch as inputs named ``source`` (one image) or ``source[i]``."""
     if batch.shape[0] == 0:
         raise InputError(source, "array holds no images")
     if batch.shape[0] == 1:

@@ -3,28 +3,23 @@
 Speaks only what TF Serving documents (``g3doc/api_rest.md``): ``:predict`` in row
 (``instances``/``predictions``) or columnar (``inputs``/``outputs``) format, model status and
 ``/metadata``, errors as ``{"error": "..."}`` with TF Serving's HTTP codes. So it works unchanged
-against ``tensorflow/serving``. Connections are kept alive in one :class:`requests.Session`.
+against ``tensorflow/serving``. Owns the request bodies and the answers' decoding; the HTTP call
+itself (one kept-alive :class:`requests.Session`, errors typed) is :mod:`client.http_transport`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 import requests
 
 import contract
-from client.base import DigitsClient, ModelSpec, Prediction, as_batch, checked_prediction
-from contract.errors import (
-    DeadlineExceeded,
-    ProtocolError,
-    Unavailable,
-    code_for_http,
-    error_for,
-)
+from client.base import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, Prediction, as_batch, checked_prediction
+from client.http_transport import http_call, json_answer, normalise_base_url
+from contract.errors import ProtocolError
 from contract.types import ModelMetadata, Signature, TensorSpec, VersionStatus
 
 log = logging.getLogger(__name__)
@@ -32,14 +27,6 @@ log = logging.getLogger(__name__)
 PROTOCOL = "REST"
 ROW_FORMAT = "row"  # {"instances": [...]} -> {"predictions": [{...}, ...]}
 COLUMNAR_FORMAT = "columnar"  # {"inputs": {...}} -> {"outputs": {...}}
-
-
-def normalise_base_url(url: str) -> str:
-    """``host:port`` or ``http://host:port/`` -> ``http://host:port``."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    return url
 
 
 def model_path(spec: ModelSpec) -> str:
@@ -155,7 +142,7 @@ class RestClient(DigitsClient):
         base_url: str,
         spec: ModelSpec | None = None,
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         request_format: str = ROW_FORMAT,
         session: requests.Session | None = None,
     ) -> None:
@@ -188,75 +175,3 @@ class RestClient(DigitsClient):
         url = self.base_url + path
         response = http_call(self._session, method, url, body, headers, self.timeout, PROTOCOL)
         return json_answer(response, PROTOCOL)
-
-
-def http_call(
-    session: requests.Session,
-    method: str,
-    url: str,
-    body: bytes | None,
-    headers: dict[str, str] | None,
-    timeout: float,
-    protocol: str,
-    *,
-    accept: Collection[int] = (),
-) -> requests.Response:
-    """One HTTP request; a 2xx/3xx response (or one of ``accept``), else the error family's class
-    for what happened.
-
-    No answer in time is DEADLINE_EXCEEDED, no connection UNAVAILABLE, an HTTP error status the
-    gRPC code of TF Serving's table read backwards with the server's ``{"error": ...}`` text (the
-    V2 protocol uses the same body and the same statuses).
-    """
-    try:
-        response = session.request(method, url, data=body, headers=headers, timeout=timeout)
-    except requests.Timeout as exc:
-        raise DeadlineExceeded(
-            f"no answer from {url} within {timeout:g} s ({exc})", protocol=protocol
-        ) from None
-    except requests.ConnectionError as exc:
-        raise Unavailable(f"cannot reach {url}: {_root_cause(exc)}", protocol=protocol) from None
-    except requests.RequestException as exc:
-        raise Unavailable(f"{url}: {exc}", protocol=protocol) from None
-    log.debug("%s %s -> %s", method, url, response.status_code)
-    if response.status_code >= 400 and response.status_code not in accept:
-        raise error_for(
-            code_for_http(response.status_code),
-            _error_message(response),
-            http_status=response.status_code,
-            protocol=protocol,
-        )
-    return response
-
-
-def json_answer(response: requests.Response, protocol: str) -> Any:
-    """The response's JSON body; ProtocolError when it is not JSON."""
-    try:
-        return response.json()
-    except ValueError:
-        raise ProtocolError(
-            f"{response.url} answered {response.status_code} with a body that is not JSON: "
-            f"{response.text[:200]!r}",
-            protocol=protocol,
-        ) from None
-
-
-def _error_message(response: requests.Response) -> str:
-    """The server's ``{"error": ...}`` text, or the start of whatever body it sent."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    text = response.text.strip()
-    return text[:300] if text else response.reason or f"HTTP {response.status_code}"
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost reason of a requests/urllib3 error chain (e.g. 'Connection refused')."""
-    seen = exc
-    while seen.__context__ is not None or seen.__cause__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    text = str(seen)
-    return text.split("] ", 1)[-1] if "] " in text else text

@@ -3,11 +3,12 @@
 Our messages live in the ``digits.v2`` proto package (``contract/proto/digits_v2.proto``, field
 numbers identical to the protocol's ``grpc_predict_v2.proto``) and no service is declared there,
 so the method paths ``/inference.GRPCInferenceService/ModelInfer`` etc. from :mod:`contract.v2`
-are bound here with ``channel.unary_unary``, as :mod:`client.grpc_client` binds TF Serving's.
-It works against Triton, KServe and MLServer as well as ours.
+are bound here with ``channel.unary_unary``, as :mod:`client.grpc_client` binds TF Serving's,
+over the channel of :mod:`client.grpc_transport`. It works against Triton, KServe and MLServer as
+well as ours.
 
 The pixels travel as ``raw_input_contents`` (raw little-endian float32: what ``tritonclient``
-sends, and the cheapest encoding at both ends); answers are read from ``raw_output_contents``
+sends, with nothing to convert at either end); answers are read from ``raw_output_contents``
 or, from a server that answers in typed ``contents``, from those.
 """
 
@@ -20,8 +21,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from client.base import DigitsClient, ModelSpec, Prediction, as_batch
-from client.grpc_client import channel_options, rpc_error
+from client.base import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, Prediction, as_batch
+from client.grpc_transport import open_channel, unary_call
 from client.v2_base import (
     check_spec,
     model_metadata,
@@ -120,13 +121,12 @@ class V2GrpcClient(DigitsClient):
         target: str,
         spec: ModelSpec | None = None,
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
     ) -> None:
         super().__init__(check_spec(spec or ModelSpec()), timeout=timeout)
         self.target = target.removeprefix("grpc://")
-        self._channel = grpc.insecure_channel(self.target, options=channel_options())
-        channel = grpc.intercept_channel(self._channel, *interceptors) if interceptors else self._channel
+        self._channel, channel = open_channel(self.target, interceptors)
 
         def bind(path: str, request: Any, response: Any) -> grpc.UnaryUnaryMultiCallable:
             return channel.unary_unary(
@@ -199,7 +199,4 @@ class V2GrpcClient(DigitsClient):
         return False
 
     def _invoke(self, method: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc, PROTOCOL) from None
+        return unary_call(method, request, self.timeout, PROTOCOL)

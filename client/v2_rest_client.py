@@ -4,12 +4,13 @@ Speaks what KServe's V2 protocol and Triton document, so it works against Triton
 MLServer as well as ours: ``POST /v2/models/{name}[/versions/{v}]/infer``, model metadata
 (``GET /v2/models/{name}[/versions/{v}]``), model readiness (``.../ready``), server readiness and
 metadata, errors as ``{"error": "..."}`` with the HTTP status (rebuilt into
-:mod:`contract.errors`' family, as the TF Serving REST client does).
+:mod:`contract.errors`' family by :mod:`client.http_transport`, shared with the TF Serving REST
+client).
 
 Tensors travel with the **binary tensor data extension** by default, as ``tritonclient`` sends
 them: the JSON header (its length in the ``Inference-Header-Content-Length`` header), then the
-pixels as raw little-endian float32, the outputs asked back in binary the same way. No float
-is printed or parsed, so this is the cheapest V2 REST encoding at both ends;
+pixels as raw little-endian float32, the outputs asked back in binary the same way, so no float
+is printed or parsed at either end;
 ``tensor_format="json"`` sends and receives plain JSON tensors (``"data"``) instead.
 """
 
@@ -23,8 +24,8 @@ from typing import Any
 import numpy as np
 import requests
 
-from client.base import DigitsClient, ModelSpec, Prediction, as_batch
-from client.rest_client import http_call, json_answer, normalise_base_url
+from client.base import DEFAULT_TIMEOUT_S, DigitsClient, ModelSpec, Prediction, as_batch
+from client.http_transport import http_call, json_answer, normalise_base_url
 from client.v2_base import (
     check_spec,
     model_metadata,
@@ -181,7 +182,7 @@ class V2RestClient(DigitsClient):
         base_url: str,
         spec: ModelSpec | None = None,
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         tensor_format: str = BINARY,
         session: requests.Session | None = None,
     ) -> None:

@@ -15,9 +15,9 @@ from client.base import ModelSpec, as_batch
 from client.grpc_client import model_spec_proto, predict_request
 from client.grpc_client import parse_metadata as parse_grpc_metadata
 from client.grpc_client import parse_predict_response as parse_grpc_answer
+from client.http_transport import normalise_base_url
 from client.rest_client import (
     model_path,
-    normalise_base_url,
     parse_metadata,
     parse_predict_response,
     parse_status,
@@ -206,7 +206,7 @@ def test_client_never_imports_tensorflow() -> None:
     _imports_in_fresh_python(
         "import sys\n"
         "import client, client.cli, client.api, client.rest_client, client.grpc_client, client.images\n"
-        "import client.v2_rest_client, client.v2_grpc_client\n"
+        "import client.v2_rest_client, client.v2_grpc_client, client.http_transport, client.grpc_transport\n"
         "import contract.mnist\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'onnxruntime', "
         "'training', 'serving', 'loadtest', 'locust', 'gevent', 'matplotlib', 'tritonclient'})\n"
