@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from serving.logs import configure_logging
+from serving.observability.logs import configure_logging
+from serving.process.supervisor import Supervisor
 from serving.settings import load_settings
-from serving.supervisor import Supervisor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ class Settings:
         default=1000,
         metadata={
             "help": "TF Serving's flag, accepted; never waited out: a batch is cut the moment "
-            "the model is free (serving/batching.py)"
+            "the model is free (serving/core/batching.py)"
         },
     )
     max_enqueued_batches: int = field(
@@ -187,7 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(settings: Settings) -> None:
+_AT_LEAST_ONE = (
+    "num_workers",
+    "rest_api_num_threads",
+    "grpc_max_threads",
+    "max_batch_size",
+    "max_enqueued_batches",
+    "tensorflow_intra_op_parallelism",
+    "max_request_bytes",
+    "rest_api_max_connections",
+    "rest_api_header_timeout_in_ms",
+    "rest_api_body_timeout_in_ms",
+)
+
+
+def _model_problems(settings: Settings) -> list[str]:
     problems = []
     if not settings.model_name:
         problems.append("--model_name must not be empty")
@@ -195,23 +209,21 @@ def _check(settings: Settings) -> None:
         problems.append("--model_version_policy must be latest:N, all or specific:V1,V2")
     if settings.version_labels and not _LABELS.match(settings.version_labels):
         problems.append("--version_labels must look like stable=1,canary=2")
-    for name in (
-        "num_workers",
-        "rest_api_num_threads",
-        "grpc_max_threads",
-        "max_batch_size",
-        "max_enqueued_batches",
-        "tensorflow_intra_op_parallelism",
-        "max_request_bytes",
-        "rest_api_max_connections",
-        "rest_api_header_timeout_in_ms",
-        "rest_api_body_timeout_in_ms",
-    ):
-        if getattr(settings, name) < 1:
-            problems.append(f"--{name} must be at least 1")
-    for name in ("port", "rest_api_port"):
-        if not 0 <= getattr(settings, name) <= 65535:
-            problems.append(f"--{name} must be a port number")
+    return problems
+
+
+def _number_problems(settings: Settings) -> list[str]:
+    problems = [f"--{name} must be at least 1" for name in _AT_LEAST_ONE if getattr(settings, name) < 1]
+    problems += [
+        f"--{name} must be a port number"
+        for name in ("port", "rest_api_port")
+        if not 0 <= getattr(settings, name) <= 65535
+    ]
+    return problems
+
+
+def _server_problems(settings: Settings) -> list[str]:
+    problems = []
     if settings.rest_api_interface not in ("rsgi", "wsgi"):
         problems.append("--rest_api_interface must be rsgi or wsgi")
     if settings.port == 0:
@@ -222,6 +234,11 @@ def _check(settings: Settings) -> None:
         problems.append("timeouts must be positive")
     if settings.shutdown_grace_period_seconds < 0:
         problems.append("--shutdown_grace_period_seconds must not be negative")
+    return problems
+
+
+def _check(settings: Settings) -> None:
+    problems = _model_problems(settings) + _number_problems(settings) + _server_problems(settings)
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -20,7 +20,7 @@ from schemathesis.checks import (
 
 from contract import v2
 
-SCHEMA_PATH = resources.files("serving").joinpath("openapi.yaml")
+SCHEMA_PATH = resources.files("serving.rest").joinpath("openapi.yaml")
 schema = schemathesis.openapi.from_path(str(SCHEMA_PATH))
 V2_ROUTES = {
     ("GET", v2.HEALTH_LIVE_PATH), ("GET", v2.HEALTH_READY_PATH), ("GET", v2.PREFIX),

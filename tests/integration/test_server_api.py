@@ -145,7 +145,7 @@ def test_rest_row_columnar_grpc_and_runtime_agree(running_server, images, refere
 
 def test_predict_answer_bytes_are_what_protobuf_writes(running_server, images, reference) -> None:
     """The server writes its PredictResponse bytes directly: byte for byte protobuf's own encoding."""
-    from serving.tfserving_proto import predict_response
+    from serving.protocols.tfserving.grpc_proto import predict_response
 
     base = Path(running_server.model_base_path)
     request = pb.PredictRequest(model_spec=pb.ModelSpec(name=MODEL_NAME))

@@ -20,7 +20,7 @@ from contract import INPUT_NAME, MAX_BATCH_SIZE, MODEL_NAME, OUTPUT_DIGIT, PREDI
 from contract.codecs import make_ndarray, make_tensor_proto
 from contract.mnist import load_split, to_model_input
 from contract.proto import digits_tfserving_pb2 as pb
-from serving.runtime import LoadedModel
+from serving.core.runtime import LoadedModel
 from tests.integration.conftest import RunningServer
 
 ROOT = Path(__file__).resolve().parents[2]

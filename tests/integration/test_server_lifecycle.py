@@ -193,14 +193,14 @@ def test_dead_workers_are_replaced(model_base_path: Path, tmp_path: Path, server
 
 
 def _workers(server, role: str) -> list[int]:
-    """Pids of the supervisor's descendants running ``serving.workers <role>``."""
+    """Pids of the supervisor's descendants running ``serving.process.workers <role>``."""
     found = []
     for pid in server.descendants():
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
             continue
-        if b"serving.workers" in cmdline and role.encode() in cmdline:
+        if b"serving.process.workers" in cmdline and role.encode() in cmdline:
             found.append(pid)
     return found
 

@@ -1,7 +1,7 @@
 """Slow clients against the real server: half-sent requests must not stall REST for the others.
 
 A slow client sends its headers and part of its body (or part of its headers), then nothing, and
-keeps the socket open. Before the RSGI gateway (serving/rsgi_gateway.py) granian's WSGI worker
+keeps the socket open. Before the RSGI gateway (serving/rest/gateway.py) granian's WSGI worker
 gave such a request its only Python thread, which then waited for the body with no deadline:
 one slow client took REST from 15,327 answers in 5 s to 9,449, sixteen from 29,787 to none.
 

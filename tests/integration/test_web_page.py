@@ -1,6 +1,6 @@
 """The web page in a real browser (Debian's chromium driven by Playwright) against real servers.
 
-- The page's preprocessing (serving/web/preprocess.js, run in the browser on real files) gives
+- The page's preprocessing (serving/rest/web/preprocess.js, run in the browser on real files) gives
   the client library's 28x28 input (client.images) within 1/255 per pixel.
 - Ten MNIST test digits, one per class, drawn stroke by stroke with pointer events (mouse, pen)
   from their pixels: at least 9 answered right, the probabilities shown sum to 1, and what the

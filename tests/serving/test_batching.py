@@ -21,12 +21,12 @@ from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, OUTPUT_PROBABILITIES, 
 from contract.codecs import make_ndarray, make_tensor_proto
 from contract.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from contract.proto import digits_tfserving_pb2 as pb
-from serving.batching import Batcher
-from serving.dataplane import DataPlane
-from serving.grpc_server import build_server
-from serving.repository import ModelRepository
-from serving.rest import create_app
-from serving.runtime import LoadedModel
+from serving.core.batching import Batcher
+from serving.core.dataplane import DataPlane
+from serving.core.repository import ModelRepository
+from serving.core.runtime import LoadedModel
+from serving.grpc.server import build_server
+from serving.rest.app import create_app
 
 WAIT_S = 10  # bound on every wait: a broken batcher fails the test, never hangs it
 

@@ -10,8 +10,8 @@ import pytest
 from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_NAMES
 from contract.errors import FailedPrecondition, InvalidArgument, NotFound
 from contract.types import AVAILABLE, END, ModelMetadata, VersionStatus, served_metadata
-from serving.dataplane import DataPlane
-from serving.repository import ModelRepository
+from serving.core.dataplane import DataPlane
+from serving.core.repository import ModelRepository
 from tests.serving.conftest import write_model
 
 

@@ -23,10 +23,10 @@ from contract.codecs import make_ndarray, make_tensor_proto
 from contract.errors import NotFound
 from contract.proto import digits_tfserving_pb2 as tfpb
 from contract.proto import digits_v2_pb2 as pb
-from serving.dataplane import DataPlane
-from serving.grpc_server import build_server, set_health
-from serving.logs import ACCESS_LOGGER
-from serving.repository import ModelRepository
+from serving.core.dataplane import DataPlane
+from serving.core.repository import ModelRepository
+from serving.grpc.server import build_server, set_health
+from serving.observability.logs import ACCESS_LOGGER
 
 IMAGES = np.random.default_rng(5).random((3, *INPUT_SHAPE), dtype=np.float32)
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract import INPUT_SHAPE, PIXELS
-from serving.json_tensor import parse_predict_body
+from serving.protocols.tfserving.json_tensor import parse_predict_body
 
 
 def _general(body: bytes) -> np.ndarray:

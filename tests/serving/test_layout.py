@@ -1,5 +1,8 @@
 """The package's shape: one job per module, said in its docstring; imports at the top.
 
+Size is not capped here: complexity is (ruff's C901 in ``make test``), and the layers between
+the subpackages are import-linter contracts (pyproject.toml).
+
 A module may import inside a function only on purpose (a process that must stay light), never
 to dodge an import cycle: such an import carries a comment saying why it is not one. The data
 plane speaks protocol-neutral types, so importing it loads no protobuf and no web framework.
@@ -15,16 +18,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = sorted((ROOT / "serving").glob("*.py"))
-MAX_LINES = 300  # "small enough to read in one sitting"
+SOURCES = sorted((ROOT / "serving").rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
-def test_module_says_what_it_owns_and_stays_small(path: Path) -> None:
-    text = path.read_text()
-    docstring = ast.get_docstring(ast.parse(text))
-    assert docstring and len(docstring.split()) >= 5, f"{path.name}: no docstring saying its job"
-    assert len(text.splitlines()) <= MAX_LINES, f"{path.name} has grown past {MAX_LINES} lines"
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_name)
+def test_module_says_what_it_owns(path: Path) -> None:
+    docstring = ast.get_docstring(ast.parse(path.read_text()))
+    assert docstring and len(docstring.split()) >= 5, f"{_name(path)}: no docstring saying its job"
 
 
 def _function_imports(tree: ast.Module) -> list[ast.stmt]:
@@ -35,7 +39,7 @@ def _function_imports(tree: ast.Module) -> list[ast.stmt]:
     return found
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SOURCES, ids=_name)
 def test_imports_inside_functions_say_why_they_are_not_a_cycle_dodge(path: Path) -> None:
     lines = path.read_text().splitlines()
     for node in _function_imports(ast.parse("\n".join(lines))):
@@ -60,7 +64,7 @@ def test_the_layout_check_can_fail() -> None:
 
 def test_the_data_plane_loads_no_wire_format() -> None:
     code = (
-        "import sys, serving.dataplane\n"
+        "import sys, serving.core.dataplane\n"
         "wire = sorted(m for m in sys.modules if m.split('.')[0] in {'google', 'grpc', 'flask', 'orjson'})\n"
         "print(wire)\n"
         "sys.exit(1 if wire else 0)\n"

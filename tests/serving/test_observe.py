@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from contract.errors import Code
-from serving.logs import ACCESS_LOGGER, JsonFormatter
-from serving.observe import RequestObserver
+from serving.observability.logs import ACCESS_LOGGER, JsonFormatter
+from serving.observability.observer import RequestObserver
 
 
 def _count(api: str, method: str, code: str) -> float:
@@ -52,6 +52,7 @@ def test_access_log_off_still_counts(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_other_log_records_are_wrapped_in_json() -> None:
-    record = logging.LogRecord("serving.repository", logging.ERROR, __file__, 1, "failed %d", (3,), None)
+    record = logging.LogRecord("serving.core.repository", logging.ERROR, __file__, 1, "failed %d", (3,), None)
     entry = json.loads(JsonFormatter().format(record))
-    assert (entry["level"], entry["logger"], entry["message"]) == ("ERROR", "serving.repository", "failed 3")
+    assert (entry["level"], entry["logger"]) == ("ERROR", "serving.core.repository")
+    assert entry["message"] == "failed 3"

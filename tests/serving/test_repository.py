@@ -10,7 +10,7 @@ import pytest
 
 from contract import INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES
 from contract.errors import NotFound, Unavailable
-from serving.repository import AVAILABLE, END, ModelRepository
+from serving.core.repository import AVAILABLE, END, ModelRepository
 from tests.serving.conftest import write_model
 
 

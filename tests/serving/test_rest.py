@@ -22,10 +22,10 @@ from contract import (
     READINESS_PATH,
     SIGNATURE_NAME,
 )
-from serving.dataplane import DataPlane
-from serving.logs import ACCESS_LOGGER
-from serving.repository import ModelRepository
-from serving.rest import create_app
+from serving.core.dataplane import DataPlane
+from serving.core.repository import ModelRepository
+from serving.observability.logs import ACCESS_LOGGER
+from serving.rest.app import create_app
 
 PREDICT = f"/v1/models/{MODEL_NAME}:predict"
 

@@ -20,11 +20,11 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, SIGNATURE_NAME
 from contract.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from serving.dataplane import DataPlane
-from serving.logs import ACCESS_LOGGER
-from serving.repository import ModelRepository
-from serving.rest import create_app
-from serving.rest_fast import FastPredict, status_line
+from serving.core.dataplane import DataPlane
+from serving.core.repository import ModelRepository
+from serving.observability.logs import ACCESS_LOGGER
+from serving.rest.app import create_app
+from serving.rest.fast_path import FastPredict, status_line
 
 MAX_BYTES = 1 << 20
 PREDICT = f"/v1/models/{MODEL_NAME}:predict"

@@ -21,11 +21,11 @@ from prometheus_client import REGISTRY
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES, v2
-from serving.dataplane import DataPlane
-from serving.logs import ACCESS_LOGGER
-from serving.repository import ModelRepository
-from serving.rest import create_app
-from serving.rest_fast import FastPredict
+from serving.core.dataplane import DataPlane
+from serving.core.repository import ModelRepository
+from serving.observability.logs import ACCESS_LOGGER
+from serving.rest.app import create_app
+from serving.rest.fast_path import FastPredict
 
 MAX_BYTES = 8 << 20  # room for 1025 images in JSON
 INFER = v2.infer_path(MODEL_NAME)

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask, request
 from granian.rsgi import ProtocolClosed
 
-from serving.rsgi_gateway import DRAIN_BODY_S, RSGIGateway
+from serving.rest.gateway import DRAIN_BODY_S, RSGIGateway
 
 
 class Headers:

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from contract import GRPC_PORT, MODEL_NAME, REST_PORT
-from serving.grpc_server import PredictionHandlers, build_server
-from serving.repository import ModelRepository
-from serving.rest import create_app
-from serving.rsgi_gateway import RSGIGateway
-from serving.runtime import LoadedModel
+from serving.core.repository import ModelRepository
+from serving.core.runtime import LoadedModel
+from serving.grpc.server import build_server
+from serving.grpc.tfserving_servicer import PredictionHandlers
+from serving.rest.app import create_app
+from serving.rest.gateway import RSGIGateway
 from serving.settings import SETTINGS_ENV, Settings, load_settings
 
 

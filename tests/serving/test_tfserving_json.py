@@ -16,7 +16,12 @@ import pytest
 from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES
 from contract.errors import InvalidArgument
 from contract.types import AVAILABLE, END, VersionStatus, served_metadata
-from serving.tfserving_json import decode_predict_body, encode_metadata, encode_predict, encode_status
+from serving.protocols.tfserving.rest_json import (
+    decode_predict_body,
+    encode_metadata,
+    encode_predict,
+    encode_status,
+)
 
 _DIM = '{{"size":"{}","name":""}}'
 METADATA_V1 = (

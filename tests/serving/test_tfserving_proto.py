@@ -34,7 +34,7 @@ from contract.types import (
     VersionStatus,
     served_metadata,
 )
-from serving.tfserving_proto import (
+from serving.protocols.tfserving.grpc_proto import (
     check_metadata_fields,
     decode_inputs,
     decode_model_spec,

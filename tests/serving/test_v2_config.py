@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from contract import INPUT_NAME, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES
 from contract.proto import digits_v2_pb2 as pb
-from serving.v2_config import model_config, model_config_json, model_config_response
+from serving.protocols.v2.model_config import model_config, model_config_json, model_config_response
 
 
 def test_model_config_message() -> None:

@@ -13,7 +13,8 @@ import pytest
 from contract import INPUT_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES, v2
 from contract.errors import InvalidArgument
 from contract.proto import digits_v2_pb2 as pb
-from serving.v2_json import (
+from serving.protocols.v2.grpc_proto import decode_infer_request as decode_grpc_request
+from serving.protocols.v2.rest_json import (
     InferRequest,
     RequestedOutput,
     decode_infer_request,
@@ -21,7 +22,6 @@ from serving.v2_json import (
     encode_infer_response,
     encode_model_metadata,
 )
-from serving.v2_proto import decode_infer_request as decode_grpc_request
 
 PIXELS = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
 

@@ -8,7 +8,7 @@ import pytest
 from contract import INPUT_NAME, INPUT_SHAPE, MODEL_NAME, OUTPUT_DIGIT, OUTPUT_PROBABILITIES, v2
 from contract.errors import InvalidArgument, NotFound
 from contract.proto import digits_v2_pb2 as pb
-from serving.v2_proto import (
+from serving.protocols.v2.grpc_proto import (
     decode_infer_request,
     infer_response,
     model_metadata_response,

@@ -1,4 +1,4 @@
-"""The page's files as served (serving.webpage): types, caching, CSP, and nothing inline or foreign.
+"""The page's files as served (serving.rest.webpage): types, caching, CSP, and nothing inline or foreign.
 
 In process, on a Flask app holding only the page's blueprint; the real server (granian workers,
 the REST app around it) is tests/integration/test_web_page.py's.
@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from contract import IMAGE_SIZE, MODEL_NAME, REST_MODELS_PREFIX
-from serving import webpage
+from serving.rest import webpage
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from types import MappingProxyType
 from contract import ONNX_FILENAME, model_versions, version_path
 from contract.errors import Code, NotFound, ServingError, Unavailable
 from contract.types import AVAILABLE, END, LOADING, VersionStatus
-from serving.runtime import LoadedModel
+from serving.core.runtime import LoadedModel
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -152,37 +152,43 @@ class ModelRepository:
         with self._scan_lock:
             on_disk = model_versions(self.base_path)
             served = dict(self._served)
-            # A version that fails leaves the candidates, so the policy picks again in this same
-            # scan: with 3 corrupt, latest:1 falls back to 2 now, not one poll period later (a
-            # fresh or respawned worker would otherwise start with nothing to serve).
-            while True:
-                wanted = self._wanted(on_disk)
-                failed = False
-                for version in wanted:
-                    if version not in served:
-                        model = self._load(version)
-                        if model is None:
-                            failed = True
-                        else:
-                            served[version] = model
-                if not failed:
-                    break
-            # Unload only versions that are neither wanted nor needed as the last one standing.
-            keep = set(wanted) & set(served)
-            if not keep and served:
-                keep = {max(served)}
-            for version in list(served):
-                if version not in keep:
-                    del served[version]
-                    self._status[version] = VersionStatus(version, END)
-                    self._on_loaded(version, False)
-                    logger.info("unloaded %s version %d", self.model_name, version)
+            wanted = self._load_wanted(on_disk, served)
+            self._unload_unwanted(wanted, served)
             self._served = MappingProxyType(served)
-            # Forget versions whose directories are gone and which no longer serve.
-            for version in list(self._status):
-                if version not in on_disk and version not in served:
-                    del self._status[version]
-                    self._failed.pop(version, None)
+            self._forget_gone(on_disk, served)
+
+    def _load_wanted(self, on_disk: list[int], served: dict[int, LoadedModel]) -> list[int]:
+        """Load into ``served`` every version the policy wants; the versions it wants then.
+
+        A version that fails leaves the candidates, so the policy picks again in this same scan:
+        with 3 corrupt, latest:1 falls back to 2 now, not one poll period later (a fresh or
+        respawned worker would otherwise start with nothing to serve).
+        """
+        while True:
+            wanted = self._wanted(on_disk)
+            loaded = {v: self._load(v) for v in wanted if v not in served}
+            served.update({v: model for v, model in loaded.items() if model is not None})
+            if all(model is not None for model in loaded.values()):
+                return wanted
+
+    def _unload_unwanted(self, wanted: list[int], served: dict[int, LoadedModel]) -> None:
+        """Unload the versions neither wanted nor needed as the last one standing."""
+        keep = set(wanted) & set(served)
+        if not keep and served:
+            keep = {max(served)}
+        for version in list(served):
+            if version not in keep:
+                del served[version]
+                self._status[version] = VersionStatus(version, END)
+                self._on_loaded(version, False)
+                logger.info("unloaded %s version %d", self.model_name, version)
+
+    def _forget_gone(self, on_disk: list[int], served: dict[int, LoadedModel]) -> None:
+        """Forget the versions whose directories are gone and which no longer serve."""
+        for version in list(self._status):
+            if version not in on_disk and version not in served:
+                del self._status[version]
+                self._failed.pop(version, None)
 
     def _load(self, version: int) -> LoadedModel | None:
         directory = version_path(self.base_path, version)

@@ -2,8 +2,8 @@
 
 Every process of the server (supervisor, gRPC workers, granian's master and REST workers) calls
 ``configure_logging`` at its entry point; modules log through ``logging.getLogger(__name__)``.
-Access lines go to the ``serving.access`` logger (written by ``serving.observe``) and are already
-JSON, so they pass through unwrapped.
+Access lines go to the ``serving.access`` logger (written by
+``serving.observability.observer``) and are already JSON, so they pass through unwrapped.
 """
 
 from __future__ import annotations

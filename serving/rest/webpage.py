@@ -1,10 +1,10 @@
 """The web page: draw a digit or drop a photo, see the model's answer (a Flask blueprint).
 
 Routes (registered on the REST app by ``serving.rest.create_app``):
-  GET /                          the page (``serving/web/index.html``)
+  GET /                          the page (``serving/rest/web/index.html``)
   GET /web/{bundle}/{file}       its script modules, style sheet and icon
 
-The page is plain files in ``serving/web/`` (package data; no build step, nothing from another
+The page is plain files in ``serving/rest/web/`` (package data; no build step, nothing from another
 origin). They are read once, through ``importlib.resources``, when the app is built: the server
 writes nothing, so a read-only root filesystem is fine. The page preprocesses pictures in the
 browser exactly as ``client/images.py`` does and calls the public REST API any client calls
@@ -86,7 +86,7 @@ class StaticFile:
 
 def read_files() -> dict[str, bytes]:
     """The page's files by name, from the installed package (never written)."""
-    folder = resources.files("serving").joinpath("web")
+    folder = resources.files("serving.rest").joinpath("web")
     return {
         entry.name: entry.read_bytes()
         for entry in folder.iterdir()

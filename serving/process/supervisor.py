@@ -52,7 +52,7 @@ class _Child:
     def start(self) -> None:
         # Own process group: granian's workers are killed with their master if it must be.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.workers", self.role],
+            [sys.executable, "-m", "serving.process.workers", self.role],
             env=self.env,
             start_new_session=True,
             preexec_fn=_die_with_parent,

@@ -1,9 +1,9 @@
 """Worker processes: what runs inside each REST and gRPC worker.
 
-Usage (started by ``serving.supervisor``, with the settings in ``SERVING_SETTINGS_JSON``):
-  python -m serving.workers grpc   one gRPC worker (binds --port with SO_REUSEPORT)
-  python -m serving.workers rest   granian's master, which forks --num_workers REST workers
-                                   (RSGI: the Flask app behind ``serving.rsgi_gateway``; or
+Usage (started by ``serving.process.supervisor``, with the settings in ``SERVING_SETTINGS_JSON``):
+  python -m serving.process.workers grpc   one gRPC worker (binds --port with SO_REUSEPORT)
+  python -m serving.process.workers rest   granian's master, which forks --num_workers REST workers
+                                   (RSGI: the Flask app behind ``serving.rest.gateway``; or
                                    granian's WSGI with ``--rest_api_interface wsgi``)
 
 Each worker owns its model repository (its own poller and ONNX Runtime session with one
@@ -36,14 +36,14 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from contract.types import AVAILABLE
-from serving.logs import configure_logging
+from serving.observability.logs import configure_logging
 from serving.settings import Settings
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from serving.dataplane import DataPlane
-    from serving.rsgi_gateway import RSGIGateway
+    from serving.core.dataplane import DataPlane
+    from serving.rest.gateway import RSGIGateway
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,10 @@ def build_dataplane(settings: Settings) -> DataPlane:
     """Repository (loaded and polling), optional batcher and the data plane over them."""
     # Per role, not a cycle: ONNX Runtime and the Prometheus metrics load in a worker, never in
     # granian's forking master.
-    from serving import metrics
-    from serving.batching import Batcher
-    from serving.dataplane import DataPlane
-    from serving.repository import ModelRepository
+    from serving.core.batching import Batcher
+    from serving.core.dataplane import DataPlane
+    from serving.core.repository import ModelRepository
+    from serving.observability import metrics
 
     repository = ModelRepository(
         settings.model_name,
@@ -95,8 +95,8 @@ def rest_app() -> RSGIGateway | Flask:
     starts accepting with a version loaded whenever any version on disk can load.
     """
     # Per role, not a cycle: Flask is a REST worker's alone.
-    from serving.rest import create_app
-    from serving.rsgi_gateway import RSGIGateway
+    from serving.rest.app import create_app
+    from serving.rest.gateway import RSGIGateway
 
     settings = Settings.from_worker_env()
     configure_logging(settings.log_level)
@@ -152,7 +152,7 @@ def run_rest_master(settings: Settings) -> None:
 
     rsgi = settings.rest_api_interface == "rsgi"  # bodies awaited without a thread
     server = Server(
-        "serving.workers:rest_app",  # by name: this module runs as __main__ here
+        "serving.process.workers:rest_app",  # by name: this module runs as __main__ here
         address=settings.host,
         port=settings.rest_api_port,
         interface=Interfaces.RSGI if rsgi else Interfaces.WSGI,
@@ -180,7 +180,7 @@ def run_rest_master(settings: Settings) -> None:
 def run_grpc_worker(settings: Settings) -> None:
     """One gRPC worker: serve until SIGTERM, then drain within the grace period."""
     # Per role, not a cycle: grpcio is a gRPC worker's alone.
-    from serving.grpc_server import build_server, set_health
+    from serving.grpc.server import build_server, set_health
 
     dataplane = build_dataplane(settings)
     server, health_servicer, _ = build_server(
@@ -216,7 +216,7 @@ ROLES = {"grpc": run_grpc_worker, "rest": run_rest_master}
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ROLES:
-        print(f"usage: python -m serving.workers {{{'|'.join(ROLES)}}}", file=sys.stderr)
+        print(f"usage: python -m serving.process.workers {{{'|'.join(ROLES)}}}", file=sys.stderr)
         return 2
     settings = Settings.from_worker_env()
     configure_logging(settings.log_level)

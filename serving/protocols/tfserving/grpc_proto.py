@@ -11,7 +11,7 @@ field numbers identical to TF Serving's):
   clients unpack it); ``VersionStatus`` rows -> ``GetModelStatusResponse``.
 
 The REST adapter renders status and metadata as the proto3 JSON of these same messages, as TF
-Serving's own REST handler does (``serving.tfserving_json``).
+Serving's own REST handler does (``serving.protocols.tfserving.rest_json``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from contract.errors import DeadlineExceeded, ResourceExhausted, ServingError, Unavailable
-from serving.runtime import LoadedModel
+from serving.core.runtime import LoadedModel
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import orjson
 
-from serving import metrics
-from serving.logs import access_logger
+from serving.observability import metrics
+from serving.observability.logs import access_logger
 
 
 class RequestObserver:

@@ -2,11 +2,12 @@
 
 - Predict requests: row format ``{"instances": [...]}`` (images, or ``{"image": ...}`` objects)
   or columnar ``{"inputs": ...}`` (an array, or ``{"image": ...}``), optional
-  ``"signature_name"``. The common shapes take the fast path of ``serving.json_tensor``.
+  ``"signature_name"``. The common shapes take the fast path of ``serving.protocols.tfserving.json_tensor``.
 - Predict answers: ``{"predictions": [{"probabilities": [...], "digit": 7}, ...]}`` for the row
   format, ``{"outputs": {"probabilities": [[...]], "digit": [...]}}`` for the columnar one.
-- Status and metadata: the proto3 JSON of the gRPC messages (``serving.tfserving_proto``), exactly
-  as TF Serving's REST handler prints them (int64 as strings, enum names, empty fields present).
+- Status and metadata: the proto3 JSON of the gRPC messages
+  (``serving.protocols.tfserving.grpc_proto``), exactly as TF Serving's REST handler prints
+  them (int64 as strings, enum names, empty fields present).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from google.protobuf.message import Message
 from contract import INPUT_NAME, METADATA_FIELD_SIGNATURE_DEF, OUTPUT_DIGIT, OUTPUT_PROBABILITIES
 from contract.errors import InvalidArgument
 from contract.types import ModelMetadata, VersionStatus
-from serving import tfserving_proto
-from serving.json_tensor import parse_predict_body
+from serving.protocols.tfserving import grpc_proto as tfserving_proto
+from serving.protocols.tfserving.json_tensor import parse_predict_body
 
 _ROW_KEYS = {"instances", "signature_name"}
 _COLUMNAR_KEYS = {"inputs", "signature_name"}
@@ -44,6 +45,20 @@ def decode_predict_body(data: bytes) -> tuple[str, bool, dict[str, np.ndarray]]:
     fast = parse_predict_body(data)
     if fast is not None:
         return fast[0], fast[1], {INPUT_NAME: fast[2]}
+    body = _predict_object(data)
+    signature_name = body.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise InvalidArgument('"signature_name" must be a string')
+    if "instances" in body:
+        return signature_name, True, {INPUT_NAME: _row_inputs(body["instances"])}
+    inputs = body["inputs"]
+    if isinstance(inputs, dict):
+        return signature_name, False, {k: _array(v, f'"inputs.{k}"') for k, v in inputs.items()}
+    return signature_name, False, {INPUT_NAME: _array(inputs, '"inputs"')}
+
+
+def _predict_object(data: bytes) -> dict[str, Any]:
+    """The body as a JSON object with exactly one of "instances" and "inputs", no other keys."""
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -59,25 +74,18 @@ def decode_predict_body(data: bytes) -> tuple[str, bool, dict[str, np.ndarray]]:
     unknown = sorted(set(body) - (_ROW_KEYS if row else _COLUMNAR_KEYS))
     if unknown:
         raise InvalidArgument(f"unknown key(s) {unknown} in request body")
-    signature_name = body.get("signature_name", "")
-    if not isinstance(signature_name, str):
-        raise InvalidArgument('"signature_name" must be a string')
-    if row:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise InvalidArgument('"instances" must be a non-empty list of images')
-        if isinstance(instances[0], dict):
-            # Named-input rows: [{"image": ...}, ...]
-            if not all(isinstance(i, dict) and set(i) == {INPUT_NAME} for i in instances):
-                raise InvalidArgument(
-                    f'every instance object must hold exactly the key "{INPUT_NAME}"'
-                )
-            instances = [i[INPUT_NAME] for i in instances]
-        return signature_name, True, {INPUT_NAME: _array(instances, '"instances"')}
-    inputs = body["inputs"]
-    if isinstance(inputs, dict):
-        return signature_name, False, {k: _array(v, f'"inputs.{k}"') for k, v in inputs.items()}
-    return signature_name, False, {INPUT_NAME: _array(inputs, '"inputs"')}
+    return body
+
+
+def _row_inputs(instances: Any) -> np.ndarray:
+    """The images of the row format: a list of images, or of ``{"image": ...}`` objects."""
+    if not isinstance(instances, list) or not instances:
+        raise InvalidArgument('"instances" must be a non-empty list of images')
+    if isinstance(instances[0], dict):
+        if not all(isinstance(i, dict) and set(i) == {INPUT_NAME} for i in instances):
+            raise InvalidArgument(f'every instance object must hold exactly the key "{INPUT_NAME}"')
+        instances = [i[INPUT_NAME] for i in instances]
+    return _array(instances, '"instances"')
 
 
 def encode_predict(row: bool, outputs: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ connection is closed. Only a request whose whole body has arrived reaches the ap
 in memory. A declared body larger than ``--max_request_bytes`` is not read at all: the app
 answers 413 from the declared length and the connection is closed. Headers are bounded by
 granian (``--rest_api_header_timeout_in_ms``) and open connections per worker by its
-backpressure (``--rest_api_max_connections``); see ``serving.workers``.
+backpressure (``--rest_api_max_connections``); see ``serving.process.workers``.
 
 Threads: with ``--rest_api_num_threads`` 1 (the default) the app runs on the loop's thread, one
 request at a time, as granian's single WSGI thread did, without a hand-off; with more, on a pool

@@ -152,21 +152,36 @@ def _decode_input(
     shape = _shape(tensor["shape"], where)
     datatype = tensor["datatype"]
     dtype = v2.input_dtype(name, datatype)
-    count = math.prod(shape)
     parameters = _object(tensor.get("parameters", {}), f'"parameters" of {where}')
     v2.refuse_unsupported(where, parameters)
     size = parameters.get(v2.PARAM_BINARY_DATA_SIZE)
     if size is None:
-        if "data" not in tensor:
-            raise InvalidArgument(f'{where} has neither "data" nor a {v2.PARAM_BINARY_DATA_SIZE}')
-        array = _from_json(tensor["data"], dtype, datatype, where)
-        if array.size != count:
-            raise InvalidArgument(
-                f"{where} has shape {list(shape)} ({count} values) but its data holds {array.size}"
-            )
-        return name, array.reshape(shape), 0
+        return name, _json_data(tensor, shape, dtype, where), 0
     if "data" in tensor:
         raise InvalidArgument(f'{where} has both "data" and a {v2.PARAM_BINARY_DATA_SIZE}; send one')
+    return name, _binary_data(size, shape, (dtype, datatype), (binary, offset), where), size
+
+
+def _json_data(tensor: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
+    """An input's array from its JSON ``data``."""
+    if "data" not in tensor:
+        raise InvalidArgument(f'{where} has neither "data" nor a {v2.PARAM_BINARY_DATA_SIZE}')
+    array = _from_json(tensor["data"], dtype, tensor["datatype"], where)
+    count = math.prod(shape)
+    if array.size != count:
+        raise InvalidArgument(
+            f"{where} has shape {list(shape)} ({count} values) but its data holds {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def _binary_data(
+    size: Any, shape: tuple[int, ...], kind: tuple[np.dtype, str], tail: tuple[bytes, int], where: str
+) -> np.ndarray:
+    """An input's array (``kind``: its dtype and V2 datatype) from ``size`` bytes of the binary
+    ``tail`` (the bytes, and where this input's start); not copied."""
+    dtype, datatype = kind
+    binary, offset = tail
     if type(size) is not int or size < 0:
         raise InvalidArgument(
             f"{v2.PARAM_BINARY_DATA_SIZE} of {where} must be a non-negative integer, got {size!r}"
@@ -176,13 +191,13 @@ def _decode_input(
             f"{where}: {v2.PARAM_BINARY_DATA_SIZE} {size} runs past the end of the binary data "
             f"({len(binary) - offset} bytes left after the JSON header and the inputs before it)"
         )
+    count = math.prod(shape)
     if size != count * dtype.itemsize:
         raise InvalidArgument(
             f"{where} has shape {list(shape)} of {datatype}, which is {count * dtype.itemsize} bytes, "
             f"but its {v2.PARAM_BINARY_DATA_SIZE} is {size}"
         )
-    array = np.frombuffer(binary, dtype.newbyteorder("<"), count, offset).reshape(shape)
-    return name, array, size
+    return np.frombuffer(binary, dtype.newbyteorder("<"), count, offset).reshape(shape)
 
 
 def _decode_outputs(value: Any) -> tuple[RequestedOutput, ...]:

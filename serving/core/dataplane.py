@@ -17,10 +17,10 @@ import numpy as np
 from contract import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAMES, SIGNATURE_NAME
 from contract.errors import InvalidArgument, NotFound, Unavailable
 from contract.types import ModelMetadata, VersionStatus, served_metadata
-from serving import metrics
-from serving.batching import Batcher
-from serving.repository import ModelRepository
-from serving.runtime import LoadedModel, prepare_images, signature_check
+from serving.core.batching import Batcher
+from serving.core.repository import ModelRepository
+from serving.core.runtime import LoadedModel, prepare_images, signature_check
+from serving.observability import metrics
 
 
 class DataPlane:

@@ -1,0 +1,54 @@
+"""The Flask hooks every blueprint shares: one error handler and one observation per request.
+
+A model route sets ``g.started`` and ``g.operation`` when it starts; the error handler sets
+``g.code``; the blueprint's ``after_request`` hook then observes the request once, its response
+in hand (``serving.observability.observer``). Probes, scrapes and the page set no operation and
+are never observed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+
+from contract.errors import Code
+from serving.observability.observer import RequestObserver
+from serving.rest.errors import JSON, translate
+
+
+def start(operation: str) -> None:
+    """Mark the request as a model route's, for its observation."""
+    g.started, g.operation = time.perf_counter(), operation
+
+
+def name_operation(operation: str) -> None:
+    """The operation a started request turned out to be, once its path is parsed."""
+    g.operation = operation
+
+
+def observe_requests(blueprint: Blueprint, observer: RequestObserver) -> None:
+    """Observe every request of ``blueprint`` that marked itself (``start``), once answered."""
+
+    @blueprint.after_request
+    def observe(response: Response) -> Response:
+        operation = g.get("operation")
+        if operation is not None:
+            observer.finished(
+                operation,
+                g.get("code", Code.OK),
+                time.perf_counter() - g.started,
+                method=request.method,
+                path=request.path,
+                status=response.status_code,
+            )
+        return response
+
+
+def install_error_handler(app: Flask, max_request_bytes: int) -> None:
+    """Answer every exception the app's views raise through ``serving.rest.errors.translate``."""
+
+    @app.errorhandler(Exception)
+    def answer(exc: Exception) -> Response:
+        g.code, status, body = translate(exc, request.method, request.path, max_request_bytes)
+        return Response(body, status, mimetype=JSON)
