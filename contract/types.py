@@ -7,10 +7,12 @@ protobuf or JSON in them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import contract
+from contract.errors import InvalidArgument
 
 # TF Serving's ModelVersionStatus.State names.
 UNKNOWN = "UNKNOWN"
@@ -104,3 +106,13 @@ def served_metadata(name: str, version: int) -> ModelMetadata:
     """The metadata of a version this contract's model serves."""
     return ModelMetadata(name=name, version=version,
                          signatures={contract.SIGNATURE_NAME: served_signature()})
+
+
+def check_output_names(names: Iterable[str], refusal: str) -> None:
+    """InvalidArgument unless every name is one of the model's outputs: the one check of requested
+    outputs for every protocol. ``refusal`` is the protocol's own words, formatted with
+    ``unknown`` (the unknown names), ``first`` (the first of them) and ``outputs`` (the model's)."""
+    unknown = [name for name in names if name not in contract.OUTPUT_NAMES]
+    if unknown:
+        outputs = list(contract.OUTPUT_NAMES)
+        raise InvalidArgument(refusal.format(unknown=unknown, first=unknown[0], outputs=outputs))

@@ -94,7 +94,7 @@ class Settings:
     )
     tensorflow_intra_op_parallelism: int = field(
         default=1,
-        metadata={"help": "ONNX Runtime intra-op threads per worker (1 measured fastest here)"},
+        metadata={"help": "ONNX Runtime intra-op threads per worker (the workers already use every core)"},
     )
     rest_api_timeout_in_ms: int = field(
         default=30000, metadata={"help": "deadline of a REST request inside the server"}
@@ -111,7 +111,7 @@ class Settings:
         default="rsgi",
         metadata={
             "help": "REST workers: rsgi reads bodies off-thread under the deadline (safe facing "
-            "slow clients); wsgi is granian's WSGI, ~35 us less CPU per request, but a half-sent "
+            "slow clients); wsgi is granian's WSGI, a little cheaper per request, but a half-sent "
             "body holds a thread: only behind a proxy that buffers whole requests"
         },
     )

@@ -21,9 +21,9 @@ How a batch is cut (continuous batching, as Triton's dynamic batcher with no que
 There is no batching thread: the threads of the requests themselves take turns running batches,
 so a lone request pays no hand-off, and a worker needs several request threads (gRPC's
 ``--grpc_max_threads``, REST's ``--rest_api_num_threads``) for two requests ever to meet.
-Each caller gets exactly its own rows of the merged outputs back. A lone request costs about
-2 µs more than an unbatched run (a lock taken twice); merging pays only as far as the model's run
-is a large share of a request's time (ONNX Runtime's per-image cost falls with the batch).
+Each caller gets exactly its own rows of the merged outputs back. A lone request pays only a lock
+taken twice; merging pays only as far as the model's run is a large share of a request's time
+(ONNX Runtime's per-image cost falls with the batch).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np
 
 from contract import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAMES, SIGNATURE_NAME
 from contract.errors import InvalidArgument, NotFound, Unavailable
-from contract.types import ModelMetadata, VersionStatus, served_metadata
+from contract.types import ModelMetadata, VersionStatus, check_output_names, served_metadata
 from serving.core.batching import Batcher
 from serving.core.repository import ModelRepository
 from serving.core.runtime import LoadedModel, prepare_images, signature_check
@@ -82,11 +82,7 @@ class DataPlane:
                 f"this model takes one input named {INPUT_NAME!r}, got {sorted(inputs) or 'none'}"
             )
         wanted = tuple(output_filter) or OUTPUT_NAMES
-        bad = [o for o in wanted if o not in OUTPUT_NAMES]
-        if bad:
-            raise InvalidArgument(
-                f"output_filter names {bad}; this model outputs {list(OUTPUT_NAMES)}"
-            )
+        check_output_names(wanted, "output_filter names {unknown}; this model outputs {outputs}")
         images = prepare_images(inputs[INPUT_NAME], self.max_batch)
         if self.batcher is not None:
             outputs = self.batcher.run(model, images, timeout)

@@ -4,7 +4,7 @@ Process tree (``--num_workers`` N, default the CPU count):
   supervisor ─┬─ gRPC worker x N  (each binds --port with SO_REUSEPORT)
               └─ granian master ── REST worker x N  (granian shares --rest_api_port)
 Python runs one core per process, so both protocols get one process per core (threads inside one
-process measured slower: see docs/serving.md). A gRPC worker that dies is started again here;
+process are slower: docs/serving.md). A gRPC worker that dies is started again here;
 granian replaces a dead REST worker (and the supervisor restarts granian itself if it dies).
 Metrics from all processes meet in one ``PROMETHEUS_MULTIPROC_DIR`` owned by the supervisor.
 

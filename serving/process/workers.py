@@ -17,7 +17,7 @@ WSGI mode), at most ``--rest_api_max_connections`` open connections per worker (
 backpressure: beyond it new connections wait in the kernel's accept queue).
 After start-up every worker calls ``gc.freeze()``: the long-lived objects (Flask, protobuf
 descriptors, the model) leave the collector's generations, which keeps full collections
-triggered by nested JSON payloads short (they caused 60-80 ms p99 spikes in a peer server).
+triggered by nested JSON payloads short (long ones show as p99 spikes).
 
 Imports: the heavy libraries are imported by the role that uses them, inside its function, and
 nowhere else: granian's master forks the REST workers and must not load ONNX Runtime, grpcio or

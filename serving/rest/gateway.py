@@ -2,9 +2,9 @@
 
 Why not granian's WSGI interface: it hands a request to a Python thread as soon as its headers
 have arrived, and that thread then blocks reading the body with no deadline at all, so a client
-that sent half a body held one of the worker's threads for as long as it kept the socket open
-(measured: 16 such clients took REST from ~3,300 answers per 1.25 s to 3; one cost 40%:
-tests/integration/test_slow_clients.py).
+that sent half a body held one of the worker's threads for as long as it kept the socket open,
+and a few such clients starved every other request (tests/integration/test_slow_clients.py;
+figures in docs/serving.md).
 
 Here the body is awaited on the worker's event loop, where a waiting request holds no thread,
 under a deadline (``--rest_api_body_timeout_in_ms``): past it the client gets a 408 and the

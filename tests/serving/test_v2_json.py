@@ -15,7 +15,7 @@ from contract.errors import InvalidArgument
 from contract.proto import digits_v2_pb2 as pb
 from serving.protocols.v2.grpc_proto import decode_infer_request as decode_grpc_request
 from serving.protocols.v2.rest_json import (
-    InferRequest,
+    RestInferRequest,
     RequestedOutput,
     decode_infer_request,
     decompress,
@@ -232,7 +232,7 @@ OUTPUTS = {
 
 
 def test_json_answer_in_model_order_with_the_id() -> None:
-    body, length = encode_infer_response(InferRequest({}, id="7"), "lenet5", 3, OUTPUTS)
+    body, length = encode_infer_response(RestInferRequest({}, id="7"), "lenet5", 3, OUTPUTS)
     assert length is None
     answer = orjson.loads(body)
     assert answer == {
@@ -250,7 +250,7 @@ def test_json_answer_in_model_order_with_the_id() -> None:
 
 def test_binary_answer_per_output_and_by_default() -> None:
     named = (RequestedOutput(OUTPUT_DIGIT, True), RequestedOutput(OUTPUT_PROBABILITIES))
-    request = InferRequest({}, outputs=named)
+    request = RestInferRequest({}, outputs=named)
     body, length = encode_infer_response(request, "lenet5", 1, OUTPUTS)
     header = orjson.loads(body[:length])
     assert "id" not in header
@@ -259,12 +259,12 @@ def test_binary_answer_per_output_and_by_default() -> None:
     assert "data" in header["outputs"][1] and "parameters" not in header["outputs"][1]
     assert body[length:] == OUTPUTS[OUTPUT_DIGIT].tobytes()
 
-    every = InferRequest({}, binary_output=True, outputs=(RequestedOutput(OUTPUT_PROBABILITIES, False),
+    every = RestInferRequest({}, binary_output=True, outputs=(RequestedOutput(OUTPUT_PROBABILITIES, False),
                                                           RequestedOutput(OUTPUT_DIGIT)))
     body, length = encode_infer_response(every, "lenet5", 1, OUTPUTS)
     header = orjson.loads(body[:length])
     assert "data" in header["outputs"][0] and header["outputs"][1]["parameters"]["binary_data_size"] == 16
-    everything = InferRequest({}, binary_output=True)
+    everything = RestInferRequest({}, binary_output=True)
     body, length = encode_infer_response(everything, "lenet5", 1, OUTPUTS)
     assert body[length:] == OUTPUTS[OUTPUT_PROBABILITIES].tobytes() + OUTPUTS[OUTPUT_DIGIT].tobytes()
 

@@ -1,8 +1,8 @@
 """Fast decoding of the predict body's pixel array (the REST hot path).
 
 Decoding ``{"instances": [[[[0.1], ...]]]}`` with a JSON parser builds one list per image row and
-per pixel (about 800 lists and 800 floats per image), and numpy then walks them again: measured
-here as most of a REST request's cost. For the body shapes clients send (row or columnar, images
+per pixel, and numpy then walks them again: most of a REST request's cost
+(docs/serving.md). For the body shapes clients send (row or columnar, images
 as [N,28,28,1], [N,28,28] or [N,784]) this module instead:
   1. checks the bracket-and-comma skeleton of the array (the text with the numbers deleted)
      against the skeleton of the expected rectangular shape, byte for byte (C-speed);

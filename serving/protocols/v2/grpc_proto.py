@@ -35,12 +35,13 @@ import numpy as np
 from contract import v2
 from contract.errors import InvalidArgument
 from contract.proto import digits_v2_pb2 as pb
+from contract.types import check_output_names
 
 _CONTENT_FIELDS = tuple(field.name for field in pb.InferTensorContents.DESCRIPTOR.fields)
 
 
 @dataclass(frozen=True)
-class InferRequest:
+class GrpcInferRequest:
     """A decoded ``ModelInferRequest``: what the data plane needs, as plain values."""
 
     model_name: str
@@ -149,11 +150,7 @@ def decode_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     """The names of the outputs asked for, in order; each must be one of the model's."""
     names: list[str] = []
     for output in request.outputs:
-        if output.name not in v2.OUTPUTS_BY_NAME:
-            raise InvalidArgument(
-                f"unknown output {output.name!r} requested; the model outputs "
-                f"{list(v2.OUTPUTS_BY_NAME)}"
-            )
+        check_output_names([output.name], "unknown output {first!r} requested; the model outputs {outputs}")
         if output.name in names:
             raise InvalidArgument(f"output {output.name!r} is requested more than once")
         v2.refuse_unsupported(f"output {output.name!r}", _plain(output.parameters))
@@ -161,12 +158,12 @@ def decode_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     return tuple(names)
 
 
-def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
+def decode_infer_request(request: pb.ModelInferRequest) -> GrpcInferRequest:
     """Everything the data plane needs from a ``ModelInferRequest``; InvalidArgument otherwise."""
     name = require_model_name(request.model_name)
     parameters = _plain(request.parameters)
     v2.refuse_unsupported("request", parameters)
-    return InferRequest(
+    return GrpcInferRequest(
         model_name=name,
         version=v2.parse_version(name, request.model_version),
         id=request.id,

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from contract import OUTPUT_NAMES, v2
+from contract import v2
 from contract.errors import InvalidArgument
+from contract.types import check_output_names
 
 _REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 _INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
@@ -42,7 +43,7 @@ class RequestedOutput:
 
 
 @dataclass(frozen=True)
-class InferRequest:
+class RestInferRequest:
     """A decoded infer request: what the data plane needs, and how to answer."""
 
     inputs: dict[str, np.ndarray]
@@ -210,8 +211,7 @@ def _decode_outputs(value: Any) -> tuple[RequestedOutput, ...]:
         if not isinstance(name, str):
             raise InvalidArgument(f'outputs[{index}] needs a "name" (a string)')
         _unknown_keys(output, _OUTPUT_KEYS, f"output {name!r}")
-        if name not in OUTPUT_NAMES:
-            raise InvalidArgument(f"unknown output {name!r}; this model outputs {list(OUTPUT_NAMES)}")
+        check_output_names([name], "unknown output {first!r}; this model outputs {outputs}")
         if name in (o.name for o in outputs):
             raise InvalidArgument(f"output {name!r} is asked for twice")
         parameters = _object(output.get("parameters", {}), f'"parameters" of output {name!r}')
@@ -220,7 +220,7 @@ def _decode_outputs(value: Any) -> tuple[RequestedOutput, ...]:
     return tuple(outputs)
 
 
-def decode_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+def decode_infer_request(body: bytes, header_length: str | None = None) -> RestInferRequest:
     """An infer request from its body and its ``Inference-Header-Content-Length`` (if sent)."""
     text, binary = _split_body(body, header_length)
     try:
@@ -254,7 +254,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
             f"{len(binary)} bytes of binary data follow the JSON header but the inputs' "
             f"{v2.PARAM_BINARY_DATA_SIZE} add up to {used}"
         )
-    return InferRequest(
+    return RestInferRequest(
         inputs=inputs,
         outputs=_decode_outputs(request.get("outputs", [])),
         binary_output=bool(binary_output),
@@ -265,7 +265,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
 
 # --- encoding ----------------------------------------------------------------------------------
 def encode_infer_response(
-    request: InferRequest, model_name: str, version: int, outputs: Mapping[str, np.ndarray]
+    request: RestInferRequest, model_name: str, version: int, outputs: Mapping[str, np.ndarray]
 ) -> tuple[bytes, int | None]:
     """(body, JSON header length) of the answer; the length is None when no output is binary.
 
