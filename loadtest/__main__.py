@@ -1,7 +1,7 @@
-"""``python -m loadtest`` / ``digits-loadtest``: the serving benchmark (see :mod:`loadtest.bench`).
+"""``python -m loadtest`` / ``digits-loadtest``: the Locust benchmark, or with ``perf`` the wrk/h2load one.
 
 Usage:
-  # the serving targets with wrk and h2load, interleaved with a baseline revision (see loadtest.perf)
+  # the serving targets with wrk and h2load, interleaved with a baseline revision (see loadtest.perf.bench)
   python -m loadtest perf --model-base-path models/lenet5 --server-args "--access_log false" \\
       --baseline-rev HEAD --rounds 3 --duration 5 --out reports/perf
   # Locust: against a running server (its pid, for the server's CPU per request)
@@ -29,8 +29,9 @@ from collections.abc import Sequence
 
 from client.cli import EXIT_CODES, EXIT_INTERNAL, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
 from contract.errors import DigitsError, ServingError
-from loadtest import generators, perf
-from loadtest.bench import add_arguments, run_bench
+from loadtest.locust_bench.bench import add_arguments, run_bench
+from loadtest.perf import bench as perf
+from loadtest.perf import generators
 
 log = logging.getLogger(__name__)
 

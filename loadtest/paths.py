@@ -22,7 +22,7 @@ class WirePath:
     key: str  # command lines and scenario names: "rest", "v2-grpc", ...
     transport: str  # "rest" or "grpc": the server's ``api`` metrics label
     protocol: str  # "tfserving" or "v2": the server's ``protocol`` metrics label
-    user_class: str  # the Locust user of loadtest/locustfile.py
+    user_class: str  # the Locust user of loadtest/locust_bench/locustfile.py
     stats_name: str  # the Locust statistics row of its requests
     rest_format: str | None = None  # the client library's REST body format, for REST paths
 

@@ -14,7 +14,7 @@ it; otherwise a stand-in built once with mmdebstrap (Debian bookworm's Python 3.
 same major.minor) and imported as localhost/python:3.11-slim. The Dockerfiles take either through
 their PYTHON_IMAGE build argument.
 
-Why this shape, measured on our machines (as root, no registry reachable, PyPI through a
+Why this shape, found on our machines (as root, no registry reachable, PyPI through a
 TLS-intercepting proxy): the default OCI runtimes cannot start containers here (crun refuses
 hybrid cgroups; crun and runc are refused setrlimit), so builds and runs use chroot isolation
 (`podman build --isolation chroot`, `buildah run --isolation chroot`); pip inside a build trusts the
@@ -42,32 +42,20 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "build" / "images"  # logs and summaries (build/ is git-ignored)
+from image_store import OUT, ROOT, TRAIN_VARIANTS, image_exists, image_size, log, run
+
 REGISTRY_BASE = "docker.io/library/python:3.11-slim"
 STAND_IN_BASE = "localhost/python:3.11-slim"
 STAND_IN_LABEL = "digits.stand-in"  # marks the mmdebstrap base, so it is found and reused
 STAND_IN_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-# Image name -> Dockerfile; the training image's variants -> build arguments and tag suffix.
+# Image name -> Dockerfile (the training image's variants and tag suffixes: image_store.TRAIN_VARIANTS).
 DOCKERFILES = {"digits-train": "Dockerfile.train", "digits-serve": "Dockerfile.serve",
                "digits-loadtest": "Dockerfile.loadtest"}
-TRAIN_VARIANTS = {"gpu": "", "cpu": "-cpu"}  # DEVICE build argument -> tag suffix
 BUILD_TIMEOUT_S = 3600
-GPU_BUILD_BYTES = 15e9  # the GPU training image is about 7 GB, its build needs about twice that
+GPU_BUILD_BYTES = 15e9  # free disk the GPU image's build needs: the image and its layers in flight
 GPU_LOCK = ROOT / "requirements" / "lock-gpu.txt"
 GPU_REQUIREMENTS = ROOT / "requirements" / "train-gpu.txt"
-
-
-def log(message: str) -> None:
-    print(f"[images {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run(*command: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
-    return result
 
 
 # --- Names: version, revision, tags --------------------------------------------------------------
@@ -120,19 +108,6 @@ def images(train_variants: list[str]) -> list[Image]:
     out = [Image("digits-train", DOCKERFILES["digits-train"], variant, {"DEVICE": variant})
            for variant in train_variants]
     return out + [Image(name, DOCKERFILES[name]) for name in ("digits-serve", "digits-loadtest")]
-
-
-def image_exists(reference: str) -> bool:
-    return run("podman", "image", "exists", reference, check=False).returncode == 0
-
-
-def image_size(reference: str) -> int:
-    return int(run("podman", "image", "inspect", "--format", "{{.Size}}", reference).stdout.strip())
-
-
-def local_image(reference: str) -> str:
-    """podman stores an unqualified name under localhost/."""
-    return reference if "/" in reference else f"localhost/{reference}"
 
 
 # --- The base: python:3.11-slim, or its stand-in ------------------------------------------------------

@@ -54,7 +54,7 @@ import tritonclient.grpc as triton_grpc  # the official Open Inference Protocol 
 import tritonclient.http as triton_http
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from images import OUT, ROOT, TRAIN_VARIANTS, image_exists, image_size, local_image, log
+from image_store import OUT, ROOT, TRAIN_VARIANTS, image_exists, image_size, local_image, log
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 import contract
@@ -66,11 +66,11 @@ PRETRAINED = ROOT / "pretrained" / contract.MODEL_NAME
 DIGITS = 100  # MNIST test digits classified per protocol
 READY_TIMEOUT_S = 180
 TRAIN_TIMEOUT_S = 900
-# The short training run: the quick grid's LeNet-5 (Adam, ReLU), three epochs on 12,000 images
-# (seconds each: time to stop it with SIGTERM after its first epoch).
+# The short training run: the quick grid's LeNet-5 (Adam, ReLU), three short epochs on 12,000
+# images (stopped with SIGTERM after its first epoch, then resumed).
 EPOCHS = 3
 TRAIN_ARGS = ["--grid", "quick", "--index", "4", "--epochs", str(EPOCHS), "--train-limit", "12000"]
-TRAIN_STOP_S = 15  # "promptly" (6 s measured on a busy 2-core machine); the Job allows 60 s
+TRAIN_STOP_S = 15  # "promptly": well inside the 60 s the Job allows after SIGTERM
 MIN_ACCURACY = {"pretrained": 0.95, "exported": 0.8}  # on the first 100 test digits
 LOAD_TEST_S = 8
 SERVING = health_pb2.HealthCheckResponse.SERVING

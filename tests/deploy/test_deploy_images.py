@@ -13,8 +13,9 @@ dependencies per extra, and its code installed alone into a directory and run fr
   default, DEVICE=gpu) installs tensorflow[and-cuda] at the locked TensorFlow with every CUDA
   wheel pinned by requirements/lock-gpu.txt, the CPU variant (DEVICE=cpu) none of them, and an
   unknown DEVICE fails the build;
-- loadtest: the ENTRYPOINT's locustfile is the installed loadtest/locustfile.py; the manifests'
-  master/worker arguments parse with Locust's own parser, the locustfile's options included.
+- loadtest: the ENTRYPOINT's locustfile is the installed loadtest/locust_bench/locustfile.py; the
+  manifests' master/worker arguments parse with Locust's own parser, the locustfile's options
+  included.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from serving.settings import load_settings
 HEAVY = {"tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "tensorboard", "jax", "torch"}
 MODEL_BASE_PATH = str(PurePosixPath("/") / PurePosixPath(*contract.DEFAULT_MODEL_BASE_PATH.parts))
 VENV = "/opt/venv"
+LOCUSTFILE = "loadtest/locust_bench/locustfile.py"  # in the source tree and the installed one
 # Run first in a child process: TensorFlow and its kin become unimportable, as in the serve and
 # load-test images (this venv has them, for the training tests).
 BLOCK_TENSORFLOW = (
@@ -151,7 +153,7 @@ def _imports_report(tree: Path, cwd: Path, packages: list[str], first: tuple[str
         "names = []\n"
         f"for package in {packages!r}:\n"
         "    root = importlib.import_module(package)\n"
-        "    names += sorted(package + '.' + m.name for m in pkgutil.iter_modules(root.__path__))\n"
+        "    names += sorted(m.name for m in pkgutil.walk_packages(root.__path__, package + '.'))\n"
         "for name in names:\n"
         "    if not name.endswith('.__main__'):  # entry scripts run on import: found, not run\n"
         "        importlib.import_module(name)\n"
@@ -251,8 +253,8 @@ def test_wheel_holds_every_module_and_data_file_of_the_packages(wheel: Path) -> 
     missing, extra = sorted(expected - shipped), sorted(shipped - expected)
     assert not missing, f"files the wheel leaves out (package-data?): {missing}"
     assert not extra, f"files in the wheel that are not in the source: {extra}"
-    for required in ("contract/proto/digits_tfserving.proto", "serving/openapi.yaml",
-                     "loadtest/locustfile.py"):
+    for required in ("contract/proto/digits_tfserving.proto", "serving/rest/openapi.yaml",
+                     LOCUSTFILE):
         assert required in shipped
 
 
@@ -323,7 +325,7 @@ def test_serve_entrypoint_and_defaults_parse_with_the_settings_parser() -> None:
 def test_serve_image_code_imports_every_serving_module_without_tensorflow(installed_tree: Path,
                                                                           tmp_path: Path) -> None:
     report = _imports_report(installed_tree, tmp_path, ["serving", "contract"])
-    assert "serving.workers" in report["names"] and "serving.__main__" in report["names"]
+    assert "serving.process.workers" in report["names"] and "serving.__main__" in report["names"]
 
 
 def test_serve_image_entrypoint_runs(installed_tree: Path, tmp_path: Path) -> None:
@@ -473,21 +475,21 @@ def test_loadtest_entrypoint_locustfile_is_the_installed_one(installed_tree: Pat
     command, _ = _locustfile_link()
     assert command[:2] == ["python", "-P"], "not the source tree's copy in the working directory"
     # Run where the build runs it: in the copied source tree, which has a loadtest/ of its own.
-    assert (build_context / "loadtest" / "locustfile.py").is_file()
+    assert (build_context / LOCUSTFILE).is_file()
     result = _run_installed(installed_tree, build_context, *command[1:])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert Path(result.stdout.strip()) == installed_tree / "loadtest" / "locustfile.py"
+    assert Path(result.stdout.strip()) == installed_tree / LOCUSTFILE
 
 
 def test_loadtest_image_code_imports_without_tensorflow(installed_tree: Path, tmp_path: Path) -> None:
     # Locust first, as the locust command and digits-loadtest's Locust processes import it: it
     # monkey-patches the standard library (gevent) before anything imports ssl.
     report = _imports_report(installed_tree, tmp_path, ["loadtest", "client", "contract"], first=("locust",))
-    assert "loadtest.locustfile" in report["names"] and "client.cli" in report["names"]
+    assert "loadtest.locust_bench.locustfile" in report["names"] and "client.cli" in report["names"]
 
 
 def test_locust_pods_arguments_parse_with_locusts_parser(installed_tree: Path, tmp_path: Path) -> None:
-    locustfile = installed_tree / "loadtest" / "locustfile.py"
+    locustfile = installed_tree / LOCUSTFILE
     results = {}
     for name in ("locust-master", "locust-worker"):
         pod = container(find("Deployment", name), "locust")
@@ -517,12 +519,18 @@ def test_locust_pods_arguments_parse_with_locusts_parser(installed_tree: Path, t
 
 
 # --- scripts/images.py: what `make images` builds and tags -------------------------------------------
-def _images_script():
-    spec = importlib.util.spec_from_file_location("images_script", ROOT / "scripts" / "images.py")
+def _script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _images_script():
+    # images.py imports its sibling image_store (scripts/ is sys.path[0] when it runs as a script).
+    _script("image_store", ROOT / "scripts" / "image_store.py")
+    return _script("images_script", ROOT / "scripts" / "images.py")
 
 
 def test_images_script_builds_every_dockerfile_and_both_training_variants() -> None:

@@ -299,9 +299,9 @@ def test_export_retries_after_sigterm_and_fails_on_a_usage_error(root: str) -> N
 @pytest.fixture(scope="module")
 def rest_app(tmp_path_factory: pytest.TempPathFactory):
     """Our REST app over an empty model repository (what a new pod sees before the export)."""
-    from serving.dataplane import DataPlane
-    from serving.repository import ModelRepository
-    from serving.rest import create_app
+    from serving.core.dataplane import DataPlane
+    from serving.core.repository import ModelRepository
+    from serving.rest.app import create_app
 
     base = tmp_path_factory.mktemp("models") / contract.MODEL_NAME
     base.mkdir()
@@ -361,9 +361,9 @@ def test_serving_starts_and_lives_without_a_model_and_is_ready_only_with_one(res
 def test_serving_grpc_health_is_not_serving_without_a_model(tmp_path) -> None:
     from grpc_health.v1 import health_pb2
 
-    from serving.dataplane import DataPlane
-    from serving.grpc_server import build_server
-    from serving.repository import ModelRepository
+    from serving.core.dataplane import DataPlane
+    from serving.core.repository import ModelRepository
+    from serving.grpc.server import build_server
 
     base = tmp_path / contract.MODEL_NAME
     base.mkdir()
@@ -572,11 +572,8 @@ def test_pod_uid_is_the_image_user() -> None:
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
     """Where a pod spec breaks the Pod Security Standards' "restricted" profile (the checks of
     the restricted and baseline levels that pod specs can break)."""
-    found = []
     pod_security = pod.get("securityContext", {})
-    for key in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(key):
-            found.append(key)
+    found = [key for key in ("hostNetwork", "hostPID", "hostIPC") if pod.get(key)]
     for volume in pod.get("volumes", []):
         kinds = set(volume) - {"name"}
         if not kinds <= RESTRICTED_VOLUMES:
@@ -584,26 +581,28 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     if pod_security.get("runAsUser") == 0:
         found.append("pod runAsUser 0")
     for c in containers(pod):
-        security, name = c.get("securityContext", {}), c["name"]
-        if security.get("privileged"):
-            found.append(f"{name}: privileged")
-        if security.get("allowPrivilegeEscalation") is not False:
-            found.append(f"{name}: allowPrivilegeEscalation must be false")
-        capabilities = security.get("capabilities", {})
-        if "ALL" not in capabilities.get("drop", []):
-            found.append(f"{name}: capabilities must drop ALL")
-        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
-            found.append(f"{name}: adds capabilities")
-        if security.get("runAsNonRoot", pod_security.get("runAsNonRoot")) is not True:
-            found.append(f"{name}: runAsNonRoot must be true")
-        if security.get("runAsUser", pod_security.get("runAsUser")) == 0:
-            found.append(f"{name}: runAsUser 0")
-        seccomp = security.get("seccompProfile", pod_security.get("seccompProfile", {}))
-        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
-            found.append(f"{name}: seccompProfile RuntimeDefault or Localhost")
-        if any("hostPort" in p for p in c.get("ports", [])):
-            found.append(f"{name}: hostPort")
+        name = c["name"]
+        found += [f"{name}: {problem}" for problem in container_violations(c, pod_security)]
     return found
+
+
+def container_violations(c: dict[str, Any], pod_security: dict[str, Any]) -> list[str]:
+    """The restricted profile's checks of one container, its securityContext over the pod's."""
+    security = c.get("securityContext", {})
+    effective = {**pod_security, **security}  # what the container runs with
+    capabilities = security.get("capabilities", {})
+    seccomp = effective.get("seccompProfile", {}).get("type")
+    checks = [
+        (security.get("privileged"), "privileged"),
+        (security.get("allowPrivilegeEscalation") is not False, "allowPrivilegeEscalation must be false"),
+        ("ALL" not in capabilities.get("drop", []), "capabilities must drop ALL"),
+        (set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}, "adds capabilities"),
+        (effective.get("runAsNonRoot") is not True, "runAsNonRoot must be true"),
+        (effective.get("runAsUser") == 0, "runAsUser 0"),
+        (seccomp not in ("RuntimeDefault", "Localhost"), "seccompProfile RuntimeDefault or Localhost"),
+        (any("hostPort" in p for p in c.get("ports", [])), "hostPort"),
+    ]
+    return [problem for broken, problem in checks if broken]
 
 
 def test_namespace_enforces_the_restricted_pod_security_standard() -> None:

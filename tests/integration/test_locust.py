@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client.cli import EXIT_OK
-from loadtest.stats import read_live_stats
+from loadtest.locust_bench.stats import read_live_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -67,12 +67,12 @@ def test_bench_runs_master_and_workers_over_both_protocols(
 
 
 def test_locustfile_runs_alone_with_every_user(running_server, mnist_dir: Path, tmp_path: Path) -> None:
-    """The plain ``locust -f loadtest/locustfile.py`` form, one local process, the five user
+    """The plain ``locust -f loadtest/locust_bench/locustfile.py`` form, one local process, the five user
     classes (TF Serving REST and gRPC, V2 REST binary and JSON, V2 gRPC) side by side."""
     live_file = tmp_path / "live.json"
     result = subprocess.run(
         [
-            sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
+            sys.executable, "-m", "locust", "-f", "loadtest/locust_bench/locustfile.py", "--headless",
             "-u", "5", "-r", "5", "-t", "3s", "--stop-timeout", "5",
             "--host", running_server.rest_url, "--grpc-target", running_server.grpc_target,
             "--mnist-dir", str(mnist_dir), "--mnist-sample", "200",

@@ -22,8 +22,8 @@ import pytest
 from contract import INPUT_SHAPE, PREDICT_RPC, v2
 from contract.proto import digits_tfserving_pb2 as pb
 from contract.proto import digits_v2_pb2 as v2_pb
-from loadtest import generators as gen
-from loadtest import perf
+from loadtest.perf import bench as perf
+from loadtest.perf import generators as gen
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ["rest-c1", "rest-c16", "grpc-c1", "grpc-c16", "grpc-b64-c1"]  # the default

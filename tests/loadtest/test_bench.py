@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bench import add_arguments, check_arguments, level_result, parse_levels, parse_protocols
+from loadtest.locust_bench.bench import (
+    add_arguments,
+    check_arguments,
+    level_result,
+    parse_levels,
+    parse_protocols,
+)
+from loadtest.locust_bench.stats import LiveStats
 from loadtest.server import cpu_seconds
-from loadtest.stats import LiveStats
 
 
 def test_levels_are_checked() -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import contract
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+LOCUSTFILE = ROOT / "loadtest" / "locust_bench" / "locustfile.py"
+NOT_ON_PATH = {ROOT, ROOT / "loadtest", LOCUSTFILE.parent}  # the project is installed, not on sys.path
 
 
 def _run_python(code: str, cwd: Path) -> str:
@@ -36,15 +37,15 @@ def test_locustfile_loads_as_locust_does_and_never_imports_tensorflow(tmp_path: 
         f"users, shapes = load_locustfile({str(LOCUSTFILE)!r})\n"
         "assert sorted(users) == ['GrpcDigitsUser', 'RestDigitsUser', 'V2GrpcDigitsUser',\n"
         "                         'V2JsonRestDigitsUser', 'V2RestDigitsUser'], users\n"
-        "assert users['RestDigitsUser'].__module__ == 'loadtest.users'\n"
+        "assert users['RestDigitsUser'].__module__ == 'loadtest.locust_bench.users'\n"
         "# Locust itself puts the working directory first; nothing else may change the path\n"
         "assert [p for p in sys.path if p != os.getcwd()] == path_before, 'sys.path changed'\n"
-        f"assert not {{p.rstrip('/') for p in sys.path}} & {{{str(ROOT)!r}, {str(ROOT / 'loadtest')!r}}}\n"
+        f"assert not {{p.rstrip('/') for p in sys.path}} & set({sorted(map(str, NOT_ON_PATH))!r})\n"
         "parser = argument_parser.get_parser(default_config_files=[])\n"
         f"o = parser.parse_args(['-f', {str(LOCUSTFILE)!r}, '--images-per-request', '64',\n"
         "                        '--grpc-target', 'h:1', '--live-stats-file', 'x.json'])\n"
         "assert (o.images_per_request, o.grpc_target, o.live_stats_file) == (64, 'h:1', 'x.json'), o\n"
-        "import loadtest.bench, loadtest.__main__\n"
+        "import loadtest.locust_bench.bench, loadtest.__main__\n"
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx', "
         "'onnx', 'onnxruntime', 'training', 'serving'})\n"
         "assert not bad, bad\n"
@@ -59,7 +60,7 @@ def test_digit_pool_encodes_batches_that_walk_the_sample(mnist_dir: Path, tmp_pa
         "import numpy as np\n"
         "from client.api import ModelSpec\n"
         "from contract.mnist import load_split, to_model_input\n"
-        "from loadtest.users import DigitPool\n"
+        "from loadtest.locust_bench.users import DigitPool\n"
         f"mnist = {str(mnist_dir)!r}\n"
         "pool = DigitPool(mnist, 10, ModelSpec(), images_per_request=4)\n"
         "assert [p.tolist() for p in pool.positions] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]\n"

@@ -13,10 +13,10 @@ import pytest
 from contract import INPUT_NAME, MODEL_NAME
 from contract.proto import digits_tfserving_pb2 as pb
 from contract.proto import digits_v2_pb2 as v2_pb
-from loadtest import generators as gen
-from loadtest import perf
 from loadtest.__main__ import main
-from loadtest.perf_report import (
+from loadtest.perf import bench as perf
+from loadtest.perf import generators as gen
+from loadtest.perf.report import (
     BASELINE,
     NEW,
     Round,

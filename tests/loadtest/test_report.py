@@ -6,7 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-from loadtest.report import LevelResult, markdown_table, write_report
+from loadtest.locust_bench.report import LevelResult, markdown_table, write_report
 
 
 def _result(protocol: str, users: int, images_per_request: int = 1) -> LevelResult:

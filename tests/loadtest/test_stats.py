@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.stats import LatencyHistogram, LiveStats, read_live_stats
+from loadtest.locust_bench.stats import LatencyHistogram, LiveStats, read_live_stats
 
 
 def test_histogram_percentiles_within_one_percent() -> None:

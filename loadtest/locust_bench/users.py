@@ -11,7 +11,7 @@
 
 A protocol error (HTTP/gRPC error status, an answer not shaped like TF Serving's) is a Locust
 failure; a well-formed answer with the wrong digit is a success for Locust and is counted in
-:mod:`loadtest.stats` as live accuracy instead. Users are closed-loop (no wait): the number
+:mod:`loadtest.locust_bench.stats` as live accuracy instead. Users are closed-loop (no wait): the number
 of users is the number of requests in flight.
 
 Requests are encoded once per process and path (``DigitPool``, before the test starts, for the
@@ -55,8 +55,8 @@ from client.v2_rest_client import parse_infer_response as parse_v2_rest_answer  
 from contract import v2  # noqa: E402
 from contract.errors import DigitsError, ProtocolError  # noqa: E402
 from contract.mnist import load_split, to_model_input  # noqa: E402
+from loadtest.locust_bench.stats import LiveStats  # noqa: E402
 from loadtest.paths import GRPC, PATHS, REST, V2_GRPC, V2_JSON, V2_REST  # noqa: E402
-from loadtest.stats import LiveStats  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class _DigitsUserMixin:
     pool: DigitPool | None = None
 
     def _next(self) -> int:
-        if self.pool is None:  # looked up once per user: the lookup costs more than a send
+        if self.pool is None:  # looked up once per user, not on every send
             self.pool = DigitPool.get(self.environment)
         return self.pool.next_request()
 

@@ -3,9 +3,9 @@
 The paths (``--protocols``, :mod:`loadtest.paths`): TF Serving's REST and gRPC APIs (``rest``,
 ``grpc``) and the Open Inference Protocol's REST with binary or JSON tensors and gRPC
 (``v2-rest``, ``v2-json``, ``v2-grpc``), on the same two ports. For each path and each number of
-users it runs ``loadtest/locustfile.py`` for a bounded time
+users it runs ``loadtest/locust_bench/locustfile.py`` for a bounded time
 (as a master with ``--workers`` worker processes, or as one local process with ``--workers 0``),
-keeps Locust's own CSV, HTML and log beside the report, and writes (:mod:`loadtest.report`):
+keeps Locust's own CSV, HTML and log beside the report, and writes (:mod:`loadtest.locust_bench.report`):
 
   report.csv / report.md   requests/s (and images/s), p50/p90/p99/max latency, failures, live
                            accuracy, load-generator CPU, server CPU per request (and per image)
@@ -13,7 +13,7 @@ keeps Locust's own CSV, HTML and log beside the report, and writes (:mod:`loadte
 
 The server is either one already running (``--rest`` / ``--grpc``; ``--server-pid`` for its CPU)
 or ours, started over a model repository (``--model-base-path``) on free loopback ports, measured
-and stopped at the end. Latency percentiles come from :mod:`loadtest.stats` (1 % buckets) because
+and stopped at the end. Latency percentiles come from :mod:`loadtest.locust_bench.stats` (1 % buckets) because
 Locust rounds times below 100 ms to whole milliseconds. The load generator's CPU is measured
 inside the Locust processes over the test window, so the report says how much of the machine's
 cores it took from the server.
@@ -36,10 +36,10 @@ import contract
 from client.api import ModelSpec, connect
 from client.cli import EXIT_OK, EXIT_UNHEALTHY
 from contract.errors import Unavailable
+from loadtest.locust_bench.report import LevelResult, write_report
+from loadtest.locust_bench.stats import read_live_stats  # plain JSON helpers: no Locust import
 from loadtest.paths import PATHS, parse_paths
-from loadtest.report import LevelResult, write_report
 from loadtest.server import StartedServer, cpu_seconds, free_port, start_server
-from loadtest.stats import read_live_stats  # plain JSON helpers: no Locust import
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,15 @@ Protocol's REST, binary or JSON tensors, and gRPC (``V2RestDigitsUser``, ``V2Jso
 Run it alone, or as master + workers (what the Kubernetes manifests run), from the repo root
 (the project is installed, so this file imports ``loadtest`` and ``client`` like any module):
 
-  locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 30s \
+  locust -f loadtest/locust_bench/locustfile.py --headless -u 8 -r 8 -t 30s \
       --host http://127.0.0.1:8501 --grpc-target 127.0.0.1:8500 --mnist-dir data/mnist \
       --live-stats-file reports/live.json RestDigitsUser GrpcDigitsUser
 
-  locust -f loadtest/locustfile.py --master --expect-workers 2 --headless ...   # + the same args
-  locust -f loadtest/locustfile.py --worker --master-host MASTER                # x2
+  locust -f loadtest/locust_bench/locustfile.py --master --expect-workers 2 --headless ...   # + the same args
+  locust -f loadtest/locust_bench/locustfile.py --worker --master-host MASTER                # x2
 
 Workers receive the custom options below from the master. ``python -m loadtest`` (the benchmark,
-:mod:`loadtest.bench`) drives this file at several concurrency levels and writes the report.
+:mod:`loadtest.locust_bench.bench`) drives this file at several concurrency levels and writes the report.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from locust.runners import MasterRunner, WorkerRunner
 
 import contract
 from contract.mnist import DataError
-from loadtest.stats import REPORT_KEY
-from loadtest.users import (
+from loadtest.locust_bench.stats import REPORT_KEY
+from loadtest.locust_bench.users import (
     DEFAULT_SAMPLE,
     GRPC,
     PATH_BY_NAME,
@@ -101,62 +101,74 @@ def _encode_for_run(environment: Environment) -> None:
         pool.encoded(user_class.protocol)
 
 
-@events.init.add_listener
-def _on_init(environment: Environment, **_kwargs: object) -> None:
-    stats = live_stats(environment)
+class DigitsPlugin:
+    """What this load test adds to one Locust process: the fine latency of every request, the
+    workers' reports merged on the master, the digits encoded before a test, the generator's CPU
+    over it and the live-stats file at the end. One object per process holds what the hooks share;
+    each method is the listener of one Locust event."""
 
-    @environment.events.request.add_listener
-    def _on_request(request_type: str, name: str, response_time: float, **_kw: object) -> None:
-        # The row name says the path; a request of another name counts by its transport.
-        path = PATH_BY_NAME.get(name) or (GRPC if request_type == GRPC else REST)
-        stats.latency(path, response_time)
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
+        self.stats = live_stats(environment)
+        self.cpu_at_start: float | None = None
 
-    if isinstance(environment.runner, WorkerRunner):
+    def attach(self) -> None:
+        """Listen to the events this process's role sees (a worker reports, a master merges)."""
+        events, runner = self.environment.events, self.environment.runner
+        events.request.add_listener(self.on_request)
+        if isinstance(runner, WorkerRunner):
+            events.report_to_master.add_listener(self.on_report_to_master)
+        if isinstance(runner, MasterRunner):
+            events.worker_report.add_listener(self.on_worker_report)
+        self.encode_early()
+        events.test_start.add_listener(self.on_test_start)
+        events.test_stop.add_listener(self.on_test_stop)
+        events.quit.add_listener(self.on_quit)
 
-        @environment.events.report_to_master.add_listener
-        def _report(client_id: str, data: dict) -> None:
-            data[REPORT_KEY] = stats.take()
-
-    if isinstance(environment.runner, MasterRunner):
-
-        @environment.events.worker_report.add_listener
-        def _merge(client_id: str, data: dict) -> None:
-            stats.merge(data.get(REPORT_KEY, {}))
-
-    if not isinstance(environment.runner, MasterRunner) and environment.parsed_options is not None:
-        # Encode the digits now, before this process takes part in a test. A worker's own options
-        # may lack the MNIST directory the master will send; then it is loaded at test start.
+    def encode_early(self) -> None:
+        """Encode the digits now, before this process takes part in a test. A worker's own options
+        may lack the MNIST directory the master will send; then they are loaded at test start."""
+        environment = self.environment
+        if isinstance(environment.runner, MasterRunner) or environment.parsed_options is None:
+            return
         try:
             _encode_for_run(environment)
         except DataError as exc:
             log.info("MNIST digits not loaded yet (%s); will load at test start", exc)
 
-    cpu_at_start: list[float] = []
+    def on_request(self, request_type: str, name: str, response_time: float, **_kw: object) -> None:
+        # The row name says the path; a request of another name counts by its transport.
+        path = PATH_BY_NAME.get(name) or (GRPC if request_type == GRPC else REST)
+        self.stats.latency(path, response_time)
 
-    @environment.events.test_start.add_listener
-    def _start(environment: Environment, **_kw: object) -> None:
+    def on_report_to_master(self, client_id: str, data: dict) -> None:
+        data[REPORT_KEY] = self.stats.take()
+
+    def on_worker_report(self, client_id: str, data: dict) -> None:
+        self.stats.merge(data.get(REPORT_KEY, {}))
+
+    def on_test_start(self, environment: Environment, **_kw: object) -> None:
         # Encode the digits before users start, so the first requests are not delayed by it
         # (and the encoding is not counted as load-generation CPU).
         if not isinstance(environment.runner, MasterRunner):
             _encode_for_run(environment)  # done at init already, unless the digits were not there
-        cpu_at_start[:] = [_cpu_seconds()]
+        self.cpu_at_start = _cpu_seconds()
 
-    @environment.events.test_stop.add_listener
-    def _stop(environment: Environment, **_kw: object) -> None:
-        if cpu_at_start:
-            stats.add_generator_cpu(_cpu_seconds() - cpu_at_start.pop())
+    def on_test_stop(self, environment: Environment, **_kw: object) -> None:
+        if self.cpu_at_start is not None:
+            self.stats.add_generator_cpu(_cpu_seconds() - self.cpu_at_start)
+            self.cpu_at_start = None
         if isinstance(environment.runner, WorkerRunner):
             # Report now, before the worker tells the master it stopped: its next periodic report
-            # can come after the master has written the totals and quit (seen on a busy machine:
-            # a worker's last seconds and its CPU missing). Locust has no public call for this.
+            # can come after the master has written the totals and quit (then a worker's last
+            # seconds and its CPU are missing). Locust has no public call for this.
             environment.runner._send_stats()
 
-    @environment.events.quit.add_listener
-    def _write(exit_code: int, **_kw: object) -> None:
+    def on_quit(self, exit_code: int, **_kw: object) -> None:
+        environment = self.environment
         if isinstance(environment.runner, WorkerRunner):
             return
-        path = getattr(environment.parsed_options, "live_stats_file", "")
-        for protocol, summary in stats.summary().items():
+        for protocol, summary in self.stats.summary().items():
             log.info(
                 "%s: %d answers, %d wrong digits, live accuracy %.4f",
                 protocol,
@@ -164,7 +176,13 @@ def _on_init(environment: Environment, **_kwargs: object) -> None:
                 summary["wrong"],
                 summary["accuracy"],
             )
+        path = getattr(environment.parsed_options, "live_stats_file", "")
         if path:
             total = environment.runner.stats.total
             final = {"requests": total.num_requests, "failures": total.num_failures, "rps": total.total_rps}
-            stats.write(path, locust_totals=final)
+            self.stats.write(path, locust_totals=final)
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_kwargs: object) -> None:
+    DigitsPlugin(environment).attach()

@@ -3,7 +3,7 @@
 * Live accuracy: every answer's digit is checked against the MNIST label. A wrong digit is not
   a failed request (the protocol worked), so it is counted here, per protocol, not hidden.
 * Latency: Locust rounds response times below 100 ms to whole milliseconds, too coarse for a
-  service answering in about one. Every request event is also put into a log-bucketed histogram
+  small model's answers. Every request event is also put into a log-bucketed histogram
   (1 % wide buckets), which merges exactly across processes.
 
 In distributed mode each worker sends its counts since the last report with Locust's

@@ -1,15 +1,15 @@
 """``python -m loadtest perf``: the serving targets measured with C load generators.
 
-The Locust benchmark (:mod:`loadtest.bench`) spends as much CPU per request as the server does;
-this mode drives the server with wrk (REST) and h2load (gRPC) instead (:mod:`loadtest.generators`)
-and measures what docs/architecture.md sets targets for: requests/s, p50/p99 latency, and the
-server's CPU per request (user+sys of its whole process tree, read before and after each window,
-divided by the predict answers its own counters saw in that window), per scenario
-(:class:`loadtest.perf_report.Scenario`: a wire path, connections, images per request). The
-paths: TF Serving's REST ``:predict`` and gRPC ``Predict``, and the Open Inference Protocol's
-REST ``/infer`` with binary tensors (``v2-rest``) or JSON tensors (``v2-json``) and gRPC
-``ModelInfer`` with ``raw_input_contents`` (``v2-grpc``), each body as the client library
-encodes it.
+The Locust benchmark (:mod:`loadtest.locust_bench.bench`) generates its load in Python, on the
+cores the server needs; this mode drives the server with wrk (REST) and h2load (gRPC) instead
+(:mod:`loadtest.perf.generators`) and measures what docs/architecture.md sets targets for:
+requests/s, p50/p99 latency, and the server's CPU per request (user+sys of its whole process
+tree, read before and after each window, divided by the predict answers its own counters saw in
+that window), per scenario (:class:`loadtest.perf.report.Scenario`: a wire path, connections,
+images per request). The paths: TF Serving's REST ``:predict`` and gRPC ``Predict``, and the
+Open Inference Protocol's REST ``/infer`` with binary tensors (``v2-rest``) or JSON tensors
+(``v2-json``) and gRPC ``ModelInfer`` with ``raw_input_contents`` (``v2-grpc``), each body as
+the client library encodes it.
 
 It starts our server over a model repository (``loadtest.server.start_server``, as the Locust mode
 does) and, for honest ratios, a baseline server in the same run: another git revision of this
@@ -54,12 +54,12 @@ from client.grpc_client import predict_request
 from client.rest_client import model_path, predict_body
 from contract import v2
 from contract.mnist import load_split, to_model_input
-from loadtest import generators as gen
 from loadtest.paths import BY_KEY
-from loadtest.perf_report import BASELINE, NEW, Round, Scenario, markdown, parse_scenarios
+from loadtest.perf import generators as gen
+from loadtest.perf.report import BASELINE, NEW, Round, Scenario, markdown, parse_scenarios
 from loadtest.server import StartedServer, cpu_seconds, start_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCENARIOS = "rest-c1,rest-c16,grpc-c1,grpc-c16,grpc-b64-c1"
 # The four paths of the Open Inference Protocol issue, side by side (docs/performance.md).
 PATHS_SCENARIOS = ",".join(f"{key}-c{n}" for key in BY_KEY for n in (1, 16))
@@ -366,26 +366,11 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
     inputs = prepare_inputs(
         {s.images for s in scenarios}, args.mnist_dir, ModelSpec(name=args.model_name), out / "work"
     )
-    paths = {s.protocol for s in scenarios}
     load_start = os.getloadavg()
     print(f"perf: starting the server(s) over {args.model_base_path} ...", flush=True)
     servers = start_servers(args, out)
-    rounds: list[Round] = []
     try:
-        for label, server, _ in servers:
-            verify(server, label, inputs, paths, args)
-        for scenario in scenarios if args.warmup else ():
-            for label, server, _ in servers:
-                run_round(server, label, scenario, inputs[scenario.images], args, -1, out / "work")
-        for index in range(args.rounds):
-            for scenario in scenarios:
-                order = servers if index % 2 == 0 else servers[::-1]
-                for label, server, _ in order:
-                    r = run_round(server, label, scenario, inputs[scenario.images], args, index, out / "work")
-                    rounds.append(r)
-                    _progress(r, args.rounds)
-        for label, server, _ in servers:
-            verify(server, label, inputs, paths, args)
+        rounds = measure(servers, scenarios, inputs, args, out / "work")
     finally:
         for label, server, _ in servers:
             print(f"perf: stopping the {label} server (exit status {server.stop()})", flush=True)
@@ -394,6 +379,43 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
         rounds += load_baseline(Path(args.baseline_json))
         baseline_text = f"the new server of the earlier run {args.baseline_json} (not interleaved)"
     header = _header(args, argv, servers[0][2], baseline_text, load_start)
+    write_report(out, header, scenarios, rounds)
+    errors = sum(r.errors for r in rounds if r.server == NEW or not args.baseline_json)
+    if errors:
+        print(f"error: the benchmark saw {errors} failed requests (see the errors column)", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    return EXIT_OK
+
+
+def measure(
+    servers: list[tuple[str, StartedServer, str]],
+    scenarios: list[Scenario],
+    inputs: dict[int, Inputs],
+    args: argparse.Namespace,
+    work: Path,
+) -> list[Round]:
+    """Every server checked, warmed up, measured in interleaved rounds, and checked again."""
+    paths = {s.protocol for s in scenarios}
+    for label, server, _ in servers:
+        verify(server, label, inputs, paths, args)
+    for scenario in scenarios if args.warmup else ():
+        for label, server, _ in servers:
+            run_round(server, label, scenario, inputs[scenario.images], args, -1, work)
+    rounds: list[Round] = []
+    for index in range(args.rounds):
+        order = servers if index % 2 == 0 else servers[::-1]  # drift in the machine's load falls on both
+        for scenario in scenarios:
+            for label, server, _ in order:
+                r = run_round(server, label, scenario, inputs[scenario.images], args, index, work)
+                rounds.append(r)
+                _progress(r, args.rounds)
+    for label, server, _ in servers:
+        verify(server, label, inputs, paths, args)
+    return rounds
+
+
+def write_report(out: Path, header: str, scenarios: list[Scenario], rounds: list[Round]) -> None:
+    """perf.md and perf.json under ``out``; the markdown printed too."""
     report = markdown(header, scenarios, rounds)
     (out / "perf.md").write_text(report)
     record = {
@@ -404,11 +426,6 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
     (out / "perf.json").write_text(json.dumps(record, indent=1, default=lambda x: None if x != x else x))
     print(report)
     print(f"report: {out / 'perf.md'}  {out / 'perf.json'}")
-    errors = sum(r.errors for r in rounds if r.server == NEW or not args.baseline_json)
-    if errors:
-        print(f"error: the benchmark saw {errors} failed requests (see the errors column)", file=sys.stderr)
-        return EXIT_UNHEALTHY
-    return EXIT_OK
 
 
 def _progress(r: Round, rounds: int) -> None:

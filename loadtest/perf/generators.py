@@ -3,7 +3,7 @@
 Both are closed-loop: ``connections`` requests in flight, each connection sending its next request
 when the previous answer arrived; one generator thread, so the generator takes as little of a
 shared machine's cores as it can. This module builds their command lines and inputs and reads
-their output; :mod:`loadtest.perf` runs them.
+their output; :mod:`loadtest.perf.bench` runs them.
 
 - wrk POSTs one prepared body (a Lua script reads it from a file: TF Serving's JSON, or a V2
   JSON or binary-extension body with its headers); the script's ``done``

@@ -1,6 +1,6 @@
 """The perf benchmark's results: rounds, medians, ratios against the baseline, the targets.
 
-Nothing here runs a server or a generator (:mod:`loadtest.perf` does): a :class:`Round` is one
+Nothing here runs a server or a generator (:mod:`loadtest.perf.bench` does): a :class:`Round` is one
 scenario measured once on one server; ``summarise`` takes the median of each scenario's rounds
 per server and the per-round ratios new/baseline (rounds are paired by their index: round k of
 the new server ran next to round k of the baseline); ``markdown`` writes the table that goes
