@@ -5,7 +5,7 @@ Usage examples::
     python -m training data                               # download (if missing) and verify MNIST
     python -m training list --grid lab                    # the runs of a grid, by index
     python -m training grid --grid lab                    # the full lab grid, all cores
-    python -m training grid --grid quick                  # the demo grid (about two minutes)
+    python -m training grid --grid quick                  # the demo grid (small and short)
     python -m training grid --grid my-grid.toml           # your own grid file
     python -m training run --grid lab --index 12          # one run (a pod of the Indexed Job)
     python -m training report --grid lab                  # results.{json,csv,md} + figures
@@ -17,7 +17,7 @@ Usage examples::
 of a grid file (format: training/grids/README.md); a grid's runs live in RUNS_DIR/<its name>.
 
 The training modules are imported inside main(), by the command that needs them, on purpose:
-``list``, ``grid`` and ``report`` never load TensorFlow (seconds of start-up; the grid's parent
+``list``, ``grid`` and ``report`` never load TensorFlow (a slow import; the grid's parent
 process stays light beside its children). None of these imports breaks a cycle.
 
 Every command reads MNIST from --data-dir (default $MNIST_DIR, else data/mnist; downloaded there
@@ -39,15 +39,19 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-# Before TensorFlow loads: oneDNN kernels are 2x faster on our AVX2 CPUs, where TensorFlow
-# leaves them off by default (measured by scripts/bench_training.py).
+# Before TensorFlow loads: oneDNN kernels, which TensorFlow leaves off by default on our CPUs,
+# train faster there (docs/training.md gives the measurement).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contract  # noqa: E402
 from training import preemption  # noqa: E402
-from training.config import Grid, GridError, load_grid, shipped_grids  # noqa: E402
+from training.config import Grid, GridError, RunConfig, load_grid, shipped_grids  # noqa: E402
+
+if TYPE_CHECKING:
+    from training.data import Mnist
 
 log = logging.getLogger("training")
 
@@ -95,6 +99,7 @@ def _override_flags(args: argparse.Namespace) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; each sub-command names its function (``args.func``)."""
     parser = argparse.ArgumentParser(
         prog="python -m training", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,11 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "only, e.g. --set learning_rate=0.01 --set 19:epochs=3")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("list", parents=[common], help="list the runs of a grid by index")
-    sub.add_parser("data", parents=[common],
-                   help="download (when missing) and verify the MNIST files in --data-dir")
+    p = sub.add_parser("list", parents=[common], help="list the runs of a grid by index")
+    p.set_defaults(func=_list)
+    p = sub.add_parser("data", parents=[common],
+                       help="download (when missing) and verify the MNIST files in --data-dir")
+    p.set_defaults(func=_data)
 
     p = sub.add_parser("run", parents=[common, knobs], help="train one run of a grid (resumes)")
+    p.set_defaults(func=_run)
     p.add_argument("--index", type=int,
                    default=int(os.environ["JOB_COMPLETION_INDEX"])
                    if "JOB_COMPLETION_INDEX" in os.environ else None,
@@ -139,16 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", parents=[common, knobs],
                        help="run a whole grid locally, one process per core")
+    p.set_defaults(func=_grid_command)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                    help="runs side by side, each single-threaded (default: number of cores)")
     p.add_argument("--indexes", default=None, help="only these runs, e.g. '0-3,20'")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
 
-    sub.add_parser("report", parents=[common],
-                   help="results.json/csv/md and PNG figures of a grid")
+    p = sub.add_parser("report", parents=[common],
+                       help="results.json/csv/md and PNG figures of a grid")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("export", parents=[common],
                        help="export the best run (by validation accuracy) or a named run")
+    p.set_defaults(func=_export)
     p.add_argument("--run", default=None, help="export this run (name or index) instead")
     p.add_argument("--model-base-path", type=Path, default=contract.DEFAULT_MODEL_BASE_PATH,
                    help=f"model repository (default: {contract.DEFAULT_MODEL_BASE_PATH})")
@@ -169,100 +180,142 @@ def main(argv: list[str] | None = None) -> int:
         return preemption.EXIT_PREEMPTED
 
 
+class _Refused(Exception):
+    """A command that cannot go on: its message is logged as an error, the exit status is
+    ``status`` (2: nothing a retry can fix)."""
+
+    def __init__(self, message: object, status: int = 2) -> None:
+        super().__init__(str(message))
+        self.status = status
+
+
 def _command(args: argparse.Namespace) -> int:
-    if args.command == "data":
-        from training import data
-
-        try:
-            mnist = data.load(args.data_dir)
-        except data.DataError as exc:
-            log.error("%s", exc)
-            return 2
-        print(f"MNIST verified in {data.mnist_dir(args.data_dir)}: {len(mnist.train_images):,} "
-              f"training, {len(mnist.validation_images):,} validation, "
-              f"{len(mnist.test_images):,} test images")
-        return 0
+    """The sub-command's function; a refusal is logged and becomes the exit status."""
     try:
-        grid = load_grid(args.grid)
+        return args.func(args)
+    except _Refused as refused:
+        log.error("%s", refused)
+        return refused.status
+
+
+def _load_grid(args: argparse.Namespace) -> Grid:
+    """The grid named by --grid, or a refusal saying what is wrong with it."""
+    try:
+        return load_grid(args.grid)
     except GridError as exc:
-        log.error("%s", exc)
-        return 2
-    grid_dir = args.runs_dir / grid.name
-    names = [run.name for run in grid.runs]
+        raise _Refused(exc) from None
 
-    if args.command == "list":
-        if grid.description:
-            print(grid.description, end="\n\n")
-        for index, config in enumerate(grid.runs):
-            limit = f" train_limit={config.train_limit}" if config.train_limit else ""
-            print(f"{index:3d}  {config.name:52s} {config.model:15s} epochs={config.epochs}{limit}")
-        return 0
 
-    if args.command == "grid":
-        from training import grid as grid_runner
-
-        try:
-            statuses = grid_runner.run_grid(grid, args.runs_dir, jobs=args.jobs,
-                                            indexes=_parse_indexes(args.indexes),
-                                            data_dir=args.data_dir,
-                                            overrides=_override_flags(args))
-        except IndexError as exc:
-            log.error("%s", exc)
-            return 2
-        if grid_runner.PREEMPTED in statuses.values():
-            log.warning("grid stopped by SIGTERM; the same command resumes it")
-            return preemption.EXIT_PREEMPTED
-        if not args.no_report:
-            from training import report
-
-            report.write_report(grid_dir, names)
-        failed = sorted(i for i, s in statuses.items() if s == "failed")
-        if failed:
-            log.error("runs failed: %s (see their logs; rerun the same command to retry)", failed)
-        return 1 if failed else 0
-
-    if args.command == "report":
-        from training import report
-
-        report.write_report(grid_dir, names)
-        return 0
-
-    if args.command == "run":
-        return _run(args, grid, grid_dir)
-
+def _load_mnist(args: argparse.Namespace) -> Mnist:
+    """MNIST from --data-dir (downloaded if missing), or a refusal saying why not."""
     from training import data
 
     try:
-        mnist = data.load(args.data_dir)
+        return data.load(args.data_dir)
     except data.DataError as exc:
-        log.error("%s", exc)
-        return 2
+        raise _Refused(exc) from None
 
+
+# --- The sub-commands ---------------------------------------------------------------------------
+def _data(args: argparse.Namespace) -> int:
+    from training import data
+
+    mnist = _load_mnist(args)
+    print(f"MNIST verified in {data.mnist_dir(args.data_dir)}: {len(mnist.train_images):,} "
+          f"training, {len(mnist.validation_images):,} validation, "
+          f"{len(mnist.test_images):,} test images")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    grid = _load_grid(args)
+    if grid.description:
+        print(grid.description, end="\n\n")
+    for index, config in enumerate(grid.runs):
+        limit = f" train_limit={config.train_limit}" if config.train_limit else ""
+        print(f"{index:3d}  {config.name:52s} {config.model:15s} epochs={config.epochs}{limit}")
+    return 0
+
+
+def _grid_command(args: argparse.Namespace) -> int:
+    """Every selected run of the grid, then (unless --no-report) the report; 1 if a run failed."""
+    grid = _load_grid(args)
+    from training import grid as grid_runner
+
+    try:
+        statuses = grid_runner.run_grid(grid, args.runs_dir, jobs=args.jobs,
+                                        indexes=_parse_indexes(args.indexes),
+                                        data_dir=args.data_dir, overrides=_override_flags(args))
+    except IndexError as exc:
+        raise _Refused(exc) from None
+    if grid_runner.PREEMPTED in statuses.values():
+        log.warning("grid stopped by SIGTERM; the same command resumes it")
+        return preemption.EXIT_PREEMPTED
+    if not args.no_report:
+        _write_report(args, grid)
+    failed = sorted(i for i, s in statuses.items() if s == "failed")
+    if failed:
+        log.error("runs failed: %s (see their logs; rerun the same command to retry)", failed)
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    _write_report(args, _load_grid(args))
+    return 0
+
+
+def _write_report(args: argparse.Namespace, grid: Grid) -> None:
+    """results.{json,csv,md} and the figures of the grid's runs, in RUNS_DIR/<grid name>."""
+    from training import report
+
+    report.write_report(args.runs_dir / grid.name, [run.name for run in grid.runs])
+
+
+def _export(args: argparse.Namespace) -> int:
+    """The best run by validation accuracy (or --run) into --model-base-path; 1 if refused."""
+    grid = _load_grid(args)
+    mnist = _load_mnist(args)
     from training import export
 
     try:
         version = export.export_from_grid(grid, args.runs_dir, args.model_base_path, mnist,
                                           run=args.run)
     except export.ExportError as exc:
-        log.error("%s", exc)
-        return 1
+        raise _Refused(exc, status=1) from None
     print(f"exported version {version} to {args.model_base_path / str(version)}")
     return 0
 
 
-def _run(args: argparse.Namespace, grid: Grid, grid_dir: Path) -> int:
+def _run(args: argparse.Namespace) -> int:
     """One run, failing fast: its settings, then the devices, then the data, then training."""
+    grid = _load_grid(args)
+    config = _run_config(args, grid)
+    _check_devices(args, config)
+    from training import train
+
+    mnist = _load_mnist(args)
+    bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
+    result = train.run(config, mnist, args.runs_dir / grid.name / config.name, index=args.index,
+                       grid=grid.name, progress_bar=bar)
+    return 0 if result["status"] in ("completed", "diverged") else 1
+
+
+def _run_config(args: argparse.Namespace, grid: Grid) -> RunConfig:
+    """Run --index of the grid with --epochs, --train-limit and --set applied (all checked)."""
     if args.index is None:
-        log.error("run needs --index N (or $JOB_COMPLETION_INDEX)")
-        return 2
+        raise _Refused("run needs --index N (or $JOB_COMPLETION_INDEX)")
     try:
         config = grid.run(args.index)
         if args.epochs is not None:
             config = config.with_epochs(args.epochs)
-        config = config.with_overrides(**_overrides(args, args.index))
+        return config.with_overrides(**_overrides(args, args.index))
     except (IndexError, KeyError, TypeError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+        raise _Refused(exc) from None
+
+
+def _check_devices(args: argparse.Namespace, config: RunConfig) -> None:
+    """TensorFlow's threads as --threads asks, its devices logged; a refusal when the run needs a
+    GPU that TensorFlow does not see."""
     import tensorflow as tf
 
     if args.threads:
@@ -275,19 +328,7 @@ def _run(args: argparse.Namespace, grid: Grid, grid_dir: Path) -> int:
         devices.check(found, require_gpu=devices.gpu_required(args.require_gpu),
                       mixed_precision=config.mixed_precision)
     except devices.DeviceError as exc:
-        log.error("%s", exc)
-        return 2
-    from training import data, train
-
-    try:
-        mnist = data.load(args.data_dir)
-    except data.DataError as exc:
-        log.error("%s", exc)
-        return 2
-    bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
-    result = train.run(config, mnist, grid_dir / config.name, index=args.index,
-                       grid=grid.name, progress_bar=bar)
-    return 0 if result["status"] in ("completed", "diverged") else 1
+        raise _Refused(exc) from None
 
 
 if __name__ == "__main__":

@@ -196,10 +196,22 @@ def _expand(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 def parse_grid(text: str, source: str, grid_name: str, spec: str | None = None) -> Grid:
     """Parse a grid file's text; ``source`` names it in errors (see :class:`Grid`)."""
+    document = _read_toml(text, source)
+    defaults, entries = _sections(document, source)
+    description = str(document.get("description", "")).strip()
+    return Grid(name=grid_name, spec=spec or source, source=source, description=description,
+                runs=tuple(_runs(entries, defaults, source)))
+
+
+def _read_toml(text: str, source: str) -> dict[str, Any]:
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise GridError(f"{source}: not valid TOML: {exc}") from None
+
+
+def _sections(document: dict[str, Any], source: str) -> tuple[dict[str, Any], list[Any]]:
+    """The file's [defaults] (checked: known settings only) and its [[runs]] entries."""
     unknown = sorted(set(document) - _FILE_KEYS)
     if unknown:
         raise GridError(f"{source}: unknown top-level key(s) {unknown}; "
@@ -214,24 +226,18 @@ def parse_grid(text: str, source: str, grid_name: str, spec: str | None = None) 
     bad = sorted(set(defaults) - (fields - {"name"}))
     if bad:
         raise GridError(f"{source}: [defaults]: unknown setting(s) {bad}; known: {sorted(fields)}")
+    return defaults, entries
+
+
+def _runs(entries: list[Any], defaults: dict[str, Any], source: str) -> list[RunConfig]:
+    """The runs the [[runs]] entries declare, in index order; names unique."""
     runs: list[RunConfig] = []
     by_name: dict[str, RunConfig] = {}
     for number, entry in enumerate(entries):
         label = entry.get("name", "?") if isinstance(entry, dict) else "?"
         where = f"{source}: [[runs]] #{number + 1} ({label!r})"
-        if not isinstance(entry, dict):
-            raise GridError(f"{where}: must be a table")
-        unknown = sorted(set(entry) - fields - _RUN_KEYS)
-        if unknown:
-            raise GridError(f"{where}: unknown key(s) {unknown}; known: "
-                            f"{sorted(fields | _RUN_KEYS)}")
-        entry = dict(entry)
-        like = entry.pop("like", None)
-        base: dict[str, Any] = dict(defaults)
-        if like is not None:
-            if like not in by_name:
-                raise GridError(f"{where}: like = {like!r} names no earlier run of this file")
-            base = {k: v for k, v in by_name[like].to_dict().items() if k != "name"}
+        entry = _checked_entry(entry, where)
+        base = _base(entry.pop("like", None), defaults, by_name, where)
         for settings in _expand(entry, where):
             name = settings.get("name")
             if not isinstance(name, str) or not name:
@@ -240,21 +246,43 @@ def parse_grid(text: str, source: str, grid_name: str, spec: str | None = None) 
             if name in by_name:
                 raise GridError(f"{where_run}: duplicate run name (run "
                                 f"{[r.name for r in runs].index(name)} has it)")
-            merged = {**base, **settings}
-            if "group" not in merged:
-                raise GridError(f"{where_run}: missing key 'group' (a label for reports)")
-            try:
-                checked = {k: _checked_type(k, v, _FIELD_TYPES[k]) for k, v in merged.items()}
-                config = RunConfig(**checked)
-            except TypeError as exc:
-                raise GridError(f"{where_run}: {exc}") from None
-            except ValueError as exc:
-                raise GridError(f"{where_run}: {exc}") from None
+            config = _run_config({**base, **settings}, where_run)
             runs.append(config)
             by_name[name] = config
-    description = str(document.get("description", "")).strip()
-    return Grid(name=grid_name, spec=spec or source, source=source, description=description,
-                runs=tuple(runs))
+    return runs
+
+
+def _checked_entry(entry: Any, where: str) -> dict[str, Any]:
+    """A copy of one [[runs]] entry, which must be a table of known keys."""
+    if not isinstance(entry, dict):
+        raise GridError(f"{where}: must be a table")
+    fields = set(_FIELD_TYPES)
+    unknown = sorted(set(entry) - fields - _RUN_KEYS)
+    if unknown:
+        raise GridError(f"{where}: unknown key(s) {unknown}; known: "
+                        f"{sorted(fields | _RUN_KEYS)}")
+    return dict(entry)
+
+
+def _base(like: Any, defaults: dict[str, Any], by_name: dict[str, RunConfig],
+          where: str) -> dict[str, Any]:
+    """The settings an entry starts from: the run it is ``like`` (but its name), else [defaults]."""
+    if like is None:
+        return dict(defaults)
+    if like not in by_name:
+        raise GridError(f"{where}: like = {like!r} names no earlier run of this file")
+    return {k: v for k, v in by_name[like].to_dict().items() if k != "name"}
+
+
+def _run_config(settings: dict[str, Any], where: str) -> RunConfig:
+    """One run's complete settings, checked (types, then values) into a :class:`RunConfig`."""
+    if "group" not in settings:
+        raise GridError(f"{where}: missing key 'group' (a label for reports)")
+    try:
+        checked = {k: _checked_type(k, v, _FIELD_TYPES[k]) for k, v in settings.items()}
+        return RunConfig(**checked)
+    except (TypeError, ValueError) as exc:
+        raise GridError(f"{where}: {exc}") from None
 
 
 def load_grid(spec: str | Path) -> Grid:

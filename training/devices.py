@@ -18,8 +18,8 @@ is most of it). It raises :class:`DeviceError`; the CLI exits with status 2, whi
 failure policy treats as a run that no retry can fix (FailIndex).
 
 ``mixed_precision = true`` (a RunConfig field) needs a GPU as well: on a CPU, Keras' float16
-compute is emulated and LeNet-5 trained 8x slower than in float32 (621 against 5,043 img/s,
-one thread, measured here), so such a run is refused with the same error rather than crawl.
+compute is emulated and far slower than float32 (docs/training.md gives the measurement), so
+such a run is refused with the same error rather than crawl.
 
 On a GPU, :func:`setup` turns on memory growth: TensorFlow otherwise reserves the whole GPU's
 memory in the first process, and a second run on the same GPU (``grid --jobs 2`` on a
@@ -145,5 +145,5 @@ def check(devices: list[Device], *, require_gpu: bool, mixed_precision: bool) ->
     if mixed_precision:
         raise DeviceError(
             f"mixed_precision = true needs a GPU, and TensorFlow sees none ({seen}): float16 "
-            "on a CPU is emulated, about 8x slower than float32. Run it on a GPU, or with "
+            "on a CPU is emulated, far slower than float32 (docs/training.md). Run it on a GPU, or with "
             "--set mixed_precision=false.")

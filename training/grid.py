@@ -29,7 +29,8 @@ from training.config import Grid, RunConfig
 
 log = logging.getLogger(__name__)
 
-# Relative cost of one epoch, to start the longest runs first (measured on a 2-core CPU).
+# Relative cost of one epoch of each model, to start the longest runs first (only the order
+# they give matters).
 _MODEL_COST = {"softmax": 0.1, "lenet5": 1.0, "lenet5_bn": 3.0, "lenet5_bn_wide": 5.5}
 PREEMPTED = "preempted"  # a status of this runner only: stopped by SIGTERM, resumed next time
 

@@ -30,6 +30,7 @@ import platform
 import shutil
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from training.records import (
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 1000
+TB_DIR = "tb"  # TensorBoard's logs, in the run directory
 
 
 class AtomicBackup(keras.callbacks.BackupAndRestore):
@@ -147,9 +149,10 @@ def training_inputs(images: np.ndarray, labels: np.ndarray, batch: int, *, seed:
     ``next_batch`` did).
 
     Without distortions Keras' own numpy path is the fastest: tf.data's shuffle over the whole
-    training set cost 17-20% with one thread (scripts/bench_training.py). Distortions need a
-    tf.data map: ``augment`` alone (Keras' affine layers), or with ``elastic`` = (alpha, sigma)
-    our affine + elastic field, resampled once (``augment`` only says whether affine is on).
+    training set is slower with one thread (scripts/bench_training.py measures both). Distortions
+    need a tf.data map: ``augment`` alone (Keras' affine layers), or with ``elastic`` =
+    (alpha, sigma) our affine + elastic field, resampled once (``augment`` only says whether
+    affine is on).
 
     ``parallel`` (on a GPU): the distortions run on as many CPU threads as tf.data finds useful
     and batches are prefetched as deep as it tunes, so that the GPU never waits for the CPU. The
@@ -319,79 +322,163 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
     keras.utils.set_random_seed(config.seed)
 
-    train_x, train_y = data.train_images, data.train_labels
-    if config.train_limit:
-        train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
+    # Prepare the data: the training images the config asks for, distorted as it says.
+    train_x, train_y = _training_set(config, data)
     steps = math.ceil(len(train_x) / config.batch_size)
+    found = devices.current()
+    inputs = _distorted_inputs(config, train_x, train_y, parallel=devices.has_gpu(found))
+
+    # Build the model, and describe the run to TensorBoard.
+    model = compile_model(config, steps)
+    _write_hparams_and_graph(model, config, run_dir / TB_DIR)
+
+    # Train, resuming from the backup; a SIGTERM stops it with the state saved.
+    callbacks = _RunCallbacks.create(config, run_dir)
+    log.info("%s: %d parameters, %d epochs of %d steps%s", config.name, model.count_params(),
+             config.epochs, steps, ", mixed precision" if config.mixed_precision else "")
+    fit = _Fit(model, callbacks.backup, steps, config.name, fit_args={
+        "validation_data": (data.validation_images, data.validation_labels),
+        "validation_batch_size": EVAL_BATCH, "callbacks": callbacks.in_order,
+        "verbose": 1 if progress_bar else 0})
+    try:
+        losses = _train(fit, config, inputs, train_x, train_y)
+    except preemption.Preempted:
+        callbacks.epoch_log.save()
+        callbacks.tensorboard.flush()
+        raise
+
+    # Evaluate, save the model and write the result record.
+    model = float32_model(model, config)
+    history = read_history(run_dir)  # all epochs, across resumes
+    diverged = _diverged(losses + [row["loss"] for row in history], model)
+    result = _result_record(config, data, index=index, grid=grid, model=model, history=history,
+                            diverged=diverged, found=found,
+                            elapsed=callbacks.epoch_log.elapsed())
+    if not diverged:
+        if config.clean_bn_statistics:
+            result["running_bn_statistics"] = _use_clean_bn_statistics(model, data, train_x)
+        result["training_accuracy"] = _accuracy(model, train_x, train_y)
+        result.update(held_out_accuracies(model, data))
+        _save_model(model, run_dir, result, step=config.epochs)
+    log.info("%s: %s, train %s val %s test %s in %.0fs", config.name, result["status"],
+             result["training_accuracy"], result["validation_accuracy"],
+             result["test_accuracy"], result["elapsed_time"])
+    write_json_atomic(run_dir / RESULT_FILE, result)
+    return result
+
+
+# --- Prepare the data ---------------------------------------------------------------------------
+def _training_set(config: RunConfig, data: Mnist) -> tuple[np.ndarray, np.ndarray]:
+    """The training images and labels the run trains on: all, or the first ``train_limit``."""
+    if config.train_limit:
+        return data.train_images[: config.train_limit], data.train_labels[: config.train_limit]
+    return data.train_images, data.train_labels
+
+
+def _distorted_inputs(config: RunConfig, images: np.ndarray, labels: np.ndarray, *,
+                     parallel: bool) -> dict[str, Any]:
+    """``model.fit`` arguments for the run's (first) phase: the distortions the config turns on."""
     augment = models.augmenter(config.seed) if config.augment else None
     elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
-    found = devices.current()
-    inputs = training_inputs(train_x, train_y, config.batch_size, seed=config.seed,
-                             augment=augment, elastic=elastic, parallel=devices.has_gpu(found))
+    return training_inputs(images, labels, config.batch_size, seed=config.seed, augment=augment,
+                           elastic=elastic, parallel=parallel)
 
-    model = compile_model(config, steps)
-    tb_dir = run_dir / "tb"
+
+# --- Describe the run to TensorBoard ------------------------------------------------------------
+def _write_hparams_and_graph(model: keras.Model, config: RunConfig, tb_dir: Path) -> None:
+    """The run's settings (HParams) and the model's op graph, in ``tb_dir``."""
     with tf.summary.create_file_writer(str(tb_dir)).as_default():
         hp.hparams(hparams_of(config), trial_id=config.name)
         # The op graph of the model (Keras 3's callback writes only the conceptual graph).
         forward = tf.function(lambda x: model(x, training=False))
         spec = tf.TensorSpec((None, *contract.INPUT_SHAPE), tf.float32)
         tf.summary.graph(forward.get_concrete_function(spec).graph)
-    epoch_log = _EpochLog(config.name, config.epochs, run_dir / "elapsed.txt")
-    backup = AtomicBackup(str(run_dir / "backup"))
-    tensorboard = _TensorBoard(str(tb_dir), update_freq="batch", write_graph=True)
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        # CSV before the backup: a kill between the two repeats an epoch (deduplicated on
-        # read) rather than losing its line.
-        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
-        backup,
-        tensorboard,
-        epoch_log,
-        _StopOnSigterm(backup),  # last: an epoch's line and backup are written first
-    ]
-    log.info("%s: %d parameters, %d epochs of %d steps%s", config.name, model.count_params(),
-             config.epochs, steps, ", mixed precision" if config.mixed_precision else "")
-    fit_args = dict(validation_data=(data.validation_images, data.validation_labels),
-                    validation_batch_size=EVAL_BATCH, callbacks=callbacks,
-                    verbose=1 if progress_bar else 0)
 
-    def fit(phase_inputs: dict[str, Any], first: int, last: int) -> list[float]:
+
+# --- Train --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _RunCallbacks:
+    """A run's callbacks in the order Keras calls them, and those ``run`` uses again by name."""
+
+    in_order: list[keras.callbacks.Callback]
+    backup: AtomicBackup
+    tensorboard: _TensorBoard
+    epoch_log: _EpochLog
+
+    @classmethod
+    def create(cls, config: RunConfig, run_dir: Path) -> _RunCallbacks:
+        epoch_log = _EpochLog(config.name, config.epochs, run_dir / "elapsed.txt")
+        backup = AtomicBackup(str(run_dir / "backup"))
+        tensorboard = _TensorBoard(str(run_dir / TB_DIR), update_freq="batch", write_graph=True)
+        in_order = [
+            keras.callbacks.TerminateOnNaN(),
+            # CSV before the backup: a kill between the two repeats an epoch (deduplicated on
+            # read) rather than losing its line.
+            keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
+            backup,
+            tensorboard,
+            epoch_log,
+            _StopOnSigterm(backup),  # last: an epoch's line and backup are written first
+        ]
+        return cls(in_order, backup, tensorboard, epoch_log)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """``model.fit`` as every phase of a run calls it: same callbacks, validation and display."""
+
+    model: keras.Model
+    backup: AtomicBackup
+    steps: int  # batches per epoch
+    name: str  # the run's, for the log
+    fit_args: dict[str, Any]
+
+    def __call__(self, inputs: dict[str, Any], first: int, last: int) -> list[float]:
         """Epochs ``first`` to ``last - 1`` (Keras skips those the backup has finished); an
-        epoch that a SIGTERM interrupted first, for the batches it had left."""
-        epoch, done = backup.saved_position()
+        epoch that a SIGTERM interrupted first, for the batches it had left. The losses."""
+        epoch, done = self.backup.saved_position()
         losses: list[float] = []
         if done and first <= epoch < last:
-            log.info("%s: resuming epoch %d after its batch %d", config.name, epoch + 1, done)
-            losses += model.fit(**phase_inputs, initial_epoch=epoch, epochs=epoch + 1,
-                                steps_per_epoch=steps - done, **fit_args).history.get("loss", [])
-            if model.stop_training:  # the loss turned NaN
+            log.info("%s: resuming epoch %d after its batch %d", self.name, epoch + 1, done)
+            losses += self.model.fit(**inputs, initial_epoch=epoch, epochs=epoch + 1,
+                                     steps_per_epoch=self.steps - done,
+                                     **self.fit_args).history.get("loss", [])
+            if self.model.stop_training:  # the loss turned NaN
                 return losses
-        return losses + model.fit(**phase_inputs, initial_epoch=first, epochs=last,
-                                  **fit_args).history.get("loss", [])
+        return losses + self.model.fit(**inputs, initial_epoch=first, epochs=last,
+                                       **self.fit_args).history.get("loss", [])
 
-    # Two phases when the last epochs train on clean images: the distorted input up to
-    # ``distorted_epochs``, then the clean one. The backup carries the epoch across both (a
-    # resumed run skips a finished phase: Keras starts at the backup's epoch) and the
-    # optimizer's step, so the learning-rate schedule runs on as one.
+
+def _train(fit: _Fit, config: RunConfig, inputs: dict[str, Any], train_x: np.ndarray,
+           train_y: np.ndarray) -> list[float]:
+    """All the run's epochs; the losses of those trained by this call.
+
+    Two phases when the last epochs train on clean images: the distorted ``inputs`` up to
+    ``epochs - clean_epochs``, then the clean images. The backup carries the epoch across both
+    (a resumed run skips a finished phase: Keras starts at the backup's epoch) and the
+    optimizer's step, so the learning-rate schedule runs on as one.
+    """
     distorted_epochs = config.epochs - config.clean_epochs
-    try:
-        with preemption.deferred():  # a SIGTERM stops training at the end of a batch
-            losses = fit(inputs, 0, distorted_epochs)
-            if config.clean_epochs and not model.stop_training:  # (stopped: NaN loss)
-                clean = training_inputs(train_x, train_y, config.batch_size, seed=config.seed)
-                losses += fit(clean, distorted_epochs, config.epochs)
-    except preemption.Preempted:
-        epoch_log.save()
-        tensorboard.flush()
-        raise
-    model = float32_model(model, config)
-    history = read_history(run_dir)  # all epochs, across resumes
-    losses += [row["loss"] for row in history]
-    diverged = any(not math.isfinite(x) for x in losses) or not all(
+    with preemption.deferred():  # a SIGTERM stops training at the end of a batch
+        losses = fit(inputs, 0, distorted_epochs)
+        if config.clean_epochs and not fit.model.stop_training:  # (stopped: NaN loss)
+            clean = training_inputs(train_x, train_y, config.batch_size, seed=config.seed)
+            losses += fit(clean, distorted_epochs, config.epochs)
+    return losses
+
+
+# --- Evaluate and write the result --------------------------------------------------------------
+def _diverged(losses: list[float], model: keras.Model) -> bool:
+    """Whether training blew up: a loss or a weight that is not finite."""
+    return any(not math.isfinite(x) for x in losses) or not all(
         np.isfinite(w).all() for w in model.get_weights())
 
-    result: dict[str, Any] = {
+
+def _result_record(config: RunConfig, data: Mnist, *, index: int | None, grid: str | None,
+                   model: keras.Model, history: list[dict[str, float]], diverged: bool,
+                   found: list[devices.Device], elapsed: float) -> dict[str, Any]:
+    """The run's result record, accuracies still None (set once the model is evaluated)."""
+    return {
         # The lab's keys ...
         "optimizer": config.optimizer,
         "learning_rate": config.learning_rate,
@@ -400,7 +487,7 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         "training_accuracy": None,
         "validation_accuracy": None,
         "test_accuracy": None,
-        "elapsed_time": round(epoch_log.elapsed(), 3),
+        "elapsed_time": round(elapsed, 3),
         # ... and ours.
         "name": config.name,
         "index": index,
@@ -420,20 +507,21 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         "data_checksums": data.checksums,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if not diverged and config.clean_bn_statistics:
-        # Record what the last epoch's running statistics gave, then replace them: the
-        # ingredient's measured effect stays in the record. Idempotent, so a kill here is safe.
-        result["running_bn_statistics"] = held_out_accuracies(model, data)
-        models.set_clean_bn_statistics(model, train_x)
-    if not diverged:
-        result["training_accuracy"] = _accuracy(model, train_x, train_y)
-        result.update(held_out_accuracies(model, data))
-        model.save(run_dir / MODEL_FILE)
-        with tf.summary.create_file_writer(str(tb_dir / "final")).as_default():
-            for key in ("training_accuracy", "validation_accuracy", "test_accuracy"):
-                tf.summary.scalar(key, result[key], step=config.epochs)
-    log.info("%s: %s, train %s val %s test %s in %.0fs", config.name, result["status"],
-             result["training_accuracy"], result["validation_accuracy"],
-             result["test_accuracy"], result["elapsed_time"])
-    write_json_atomic(run_dir / RESULT_FILE, result)
-    return result
+
+
+def _use_clean_bn_statistics(model: keras.Model, data: Mnist,
+                             train_x: np.ndarray) -> dict[str, float]:
+    """Replace batch norm's running statistics by the clean training images' own; returns the
+    held-out accuracies the running statistics gave, so that the record keeps their effect.
+    Idempotent, so a kill here is safe."""
+    running = held_out_accuracies(model, data)
+    models.set_clean_bn_statistics(model, train_x)
+    return running
+
+
+def _save_model(model: keras.Model, run_dir: Path, result: dict[str, Any], *, step: int) -> None:
+    """model.keras, and the final accuracies as TensorBoard scalars (``tb/final``)."""
+    model.save(run_dir / MODEL_FILE)
+    with tf.summary.create_file_writer(str(run_dir / TB_DIR / "final")).as_default():
+        for key in ("training_accuracy", "validation_accuracy", "test_accuracy"):
+            tf.summary.scalar(key, result[key], step=step)

@@ -15,8 +15,8 @@ from contract.errors import InvalidArgument
 from contract.proto import digits_v2_pb2 as pb
 from serving.protocols.v2.grpc_proto import decode_infer_request as decode_grpc_request
 from serving.protocols.v2.rest_json import (
-    RestInferRequest,
     RequestedOutput,
+    RestInferRequest,
     decode_infer_request,
     decompress,
     encode_infer_response,
