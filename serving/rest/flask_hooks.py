@@ -9,12 +9,14 @@ are never observed.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from flask import Blueprint, Flask, Response, g, request
 
 from contract.errors import Code
 from serving.observability.observer import RequestObserver
 from serving.rest.errors import JSON, translate
+from serving.rest.routes import ModelRoute
 
 
 def start(operation: str) -> None:
@@ -22,9 +24,14 @@ def start(operation: str) -> None:
     g.started, g.operation = time.perf_counter(), operation
 
 
-def name_operation(operation: str) -> None:
-    """The operation a started request turned out to be, once its path is parsed."""
-    g.operation = operation
+def start_model_route(parse: Callable[[str], ModelRoute], rest: str) -> ModelRoute:
+    """The model route of a path (``parse`` reads it), observed as ``unknown`` until it parses;
+    405 for a method it does not answer."""
+    start("unknown")
+    route = parse(rest)
+    g.operation = route.operation
+    route.check_method(request.method)
+    return route
 
 
 def observe_requests(blueprint: Blueprint, observer: RequestObserver) -> None:

@@ -47,10 +47,7 @@ def blueprint(dataplane: DataPlane, timeout: float | None, access_log: bool) -> 
 
     @routes.route(f"{REST_MODELS_PREFIX}/<path:rest>", methods=["GET", "POST"])
     def models(rest: str) -> Response:
-        flask_hooks.start("unknown")
-        route = tfserving_route(rest)
-        flask_hooks.name_operation(route.operation)
-        route.check_method(request.method)
+        route = flask_hooks.start_model_route(tfserving_route, rest)
         if route.operation == "predict":
             answer = predict(dataplane, route, request.get_data(), timeout)
         elif route.operation == "metadata":

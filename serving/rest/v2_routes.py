@@ -90,10 +90,7 @@ def blueprint(dataplane: DataPlane, limits: tuple[int, float | None], access_log
 
     @routes.route(f"{v2.MODELS_PREFIX}/<path:rest>", methods=["GET", "POST"])
     def models(rest: str) -> Response:
-        flask_hooks.start("unknown")
-        route = v2_route(rest)
-        flask_hooks.name_operation(route.operation)
-        route.check_method(request.method)
+        route = flask_hooks.start_model_route(v2_route, rest)
         if route.operation != v2.OP_INFER:
             return Response(_model_route(dataplane, route), 200, mimetype=JSON)
         headers = (request.headers.get("Content-Encoding"), request.headers.get(v2.HEADER_CONTENT_LENGTH))
