@@ -9,6 +9,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 MNIST_DIR ?= data/mnist
+# Absolute, so that tests and processes started from other directories read the same files
+# (`override`: a command-line MNIST_DIR=../rel/path is made absolute too).
+override MNIST_DIR := $(abspath $(MNIST_DIR))
 RUNS_DIR ?= runs
 MODEL_BASE_PATH ?= models/lenet5
 export MNIST_DIR

@@ -16,7 +16,8 @@ or ours, started over a model repository (``--model-base-path``) on free loopbac
 and stopped at the end. Latency percentiles come from :mod:`loadtest.locust_bench.stats` (1 % buckets) because
 Locust rounds times below 100 ms to whole milliseconds. The load generator's CPU is measured
 inside the Locust processes over the test window, so the report says how much of the machine's
-cores it took from the server.
+cores it took from the server. A level that answered no request stops the run
+(:class:`loadtest.checks.NoRequests`, exit 6): its row would be NaN, and so would every next one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import contract
 from client.api import ModelSpec, connect
 from client.cli import EXIT_OK, EXIT_UNHEALTHY
 from contract.errors import Unavailable
+from loadtest.checks import NoRequests
 from loadtest.locust_bench.report import LevelResult, write_report
 from loadtest.locust_bench.stats import read_live_stats  # plain JSON helpers: no Locust import
 from loadtest.paths import PATHS, parse_paths
@@ -181,7 +183,7 @@ def _worker_command(args: argparse.Namespace, port: int) -> list[str]:
 def run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) -> LevelResult:
     """One protocol at one level: Locust runs, the server's CPU is read around it."""
     name = f"{PATHS[protocol].key}-u{users}"
-    prefix = out / "locust" / name
+    prefix = _locust_prefix(out, protocol, users)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     live_file = out / "locust" / f"{name}-live.json"
     live_file.unlink(missing_ok=True)
@@ -213,6 +215,11 @@ def run_level(args: argparse.Namespace, protocol: str, users: int, out: Path) ->
     return level_result(
         protocol, users, args.images_per_request, args.duration, stats_file, live_file, server_cpu_s, codes[0]
     )
+
+
+def _locust_prefix(out: Path, protocol: str, users: int) -> Path:
+    """Where one level's Locust files go: ``PREFIX_stats.csv``, ``PREFIX.html``, ``PREFIX.log``."""
+    return out / "locust" / f"{PATHS[protocol].key}-u{users}"
 
 
 def _spawn(command: list[str], log_file) -> subprocess.Popen:  # noqa: ANN001
@@ -350,13 +357,11 @@ def run_bench(args: argparse.Namespace) -> int:
     print(md_path.read_text())
     print(f"report: {md_path}  {csv_path}\nplot:   {png_path}\nLocust: {out / 'locust'}/")
     failed = sum(r.failures for r in results)
-    empty = [f"{r.protocol} u={r.users}" for r in results if r.requests == 0]
     # Locust exits 1 for failed requests, and also for exceptions in a user's task (a bug in the
     # load test, invisible in the request statistics): the latter must not pass silently.
     crashed = [f"{r.protocol} u={r.users}" for r in results if r.locust_exit_code != 0 and not r.failures]
-    if failed or empty or crashed:
+    if failed or crashed:
         problems = [f"{failed} failed requests"] if failed else []
-        problems += [f"no requests at {', '.join(empty)} (see its Locust log)"] if empty else []
         problems += [f"Locust errors at {', '.join(crashed)} (see its Locust log)"] if crashed else []
         print(f"error: the benchmark saw {'; '.join(problems)}", file=sys.stderr)
         return EXIT_UNHEALTHY
@@ -371,6 +376,9 @@ def _run_levels(
         for users in levels:
             print(f"bench: {protocol} with {users} users for {args.duration:g} s ...", flush=True)
             result = run_level(args, protocol, users, out)
+            if result.requests == 0:
+                log_path = _locust_prefix(out, protocol, users).with_suffix(".log")
+                raise NoRequests(f"{protocol} u={users}", args.duration, _why_nothing(log_path), log_path)
             results.append(result)
             print(
                 f"bench: {protocol} u={users}: {result.rps:.0f} req/s, p50 {result.p50_ms:.2f} ms, "
@@ -380,3 +388,17 @@ def _run_levels(
                 flush=True,
             )
     return results
+
+
+def _why_nothing(log_path: Path) -> str:
+    """The likely cause of a level without requests, with the last error its Locust log shows."""
+    cause = (
+        "the Locust users never sent a request: they could not start (MNIST digits they could not "
+        "load, a worker that never reached the master)"
+    )
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return cause
+    errors = [line.strip() for line in lines if "Error" in line or "Exception" in line]
+    return f"{cause}; the log's last error: {errors[-1][:300]}" if errors else cause

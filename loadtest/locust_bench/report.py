@@ -2,17 +2,20 @@
 
 ``write_report`` writes ``report.csv`` (every field), ``report.md`` (a header saying how the run
 was made, then one table row per level) and ``latency.png`` (latency percentiles and throughput
-against concurrency). Nothing here talks to a server or starts Locust.
+against concurrency). Nothing here talks to a server or starts Locust. A level without requests
+(the benchmark stops at one, :class:`loadtest.checks.NoRequests`) is never plotted: it has no
+latency to put on a log scale; report.md names it instead.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import matplotlib.ticker
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # the object API: no pyplot, no display, no global state
 
 from loadtest.paths import PATHS
@@ -90,18 +93,26 @@ def write_report(results: list[LevelResult], out: Path, header: str) -> tuple[Pa
     """report.csv, report.md and latency.png in ``out``."""
     csv_path, md_path, png_path = out / "report.csv", out / "report.md", out / "latency.png"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(LevelResult)])
         writer.writeheader()
         for r in results:
             writer.writerow(asdict(r))
-    md_path.write_text(f"{header}\n\n{markdown_table(results)}\n")
+    empty = [f"{r.protocol} u={r.users}" for r in results if not _plottable(r)]
+    note = f"\n(not plotted: no requests at {', '.join(empty)})\n" if empty else ""
+    md_path.write_text(f"{header}\n\n{markdown_table(results)}\n{note}")
     plot(results, png_path)
     return csv_path, md_path, png_path
+
+
+def _plottable(r: LevelResult) -> bool:
+    """A level with requests and a latency to plot (a log scale takes positive numbers only)."""
+    return r.requests > 0 and r.p50_ms > 0  # NaN > 0 is False
 
 
 def plot(results: list[LevelResult], path: Path) -> None:
     """Latency percentiles (log scale) and throughput against the number of users."""
     batched = any(r.images_per_request > 1 for r in results)
+    results = [r for r in results if _plottable(r)]
     fig = Figure(figsize=(11, 4.2))
     lat, thr = fig.subplots(1, 2)
     colours = dict(zip(PATHS, ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:red"), strict=True))
@@ -121,7 +132,19 @@ def plot(results: list[LevelResult], path: Path) -> None:
             )
         rate = [r.images_per_s if batched else r.rps for r in rows]
         thr.plot(users, rate, "-", marker="o", color=colours[protocol], label=protocol)
-    levels = sorted({r.users for r in results})
+    if results:  # log scales and legends need something on them
+        _scales(lat, thr, sorted({r.users for r in results}))
+    lat.set_ylabel("latency (ms)")
+    lat.set_title("Latency percentiles vs concurrency")
+    thr.set_ylim(bottom=0)
+    thr.set_ylabel("images / s" if batched else "requests / s")
+    thr.set_title("Throughput vs concurrency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _scales(lat: Axes, thr: Axes, levels: list[int]) -> None:
+    """Users on a log2 axis on both plots, latency on a log axis."""
     for axis in (lat, thr):
         axis.set_xscale("log", base=2)
         axis.set_xticks(levels, [str(n) for n in levels])
@@ -132,10 +155,3 @@ def plot(results: list[LevelResult], path: Path) -> None:
     lat.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     lat.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     lat.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    lat.set_ylabel("latency (ms)")
-    lat.set_title("Latency percentiles vs concurrency")
-    thr.set_ylim(bottom=0)
-    thr.set_ylabel("images / s" if batched else "requests / s")
-    thr.set_title("Throughput vs concurrency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)

@@ -22,7 +22,8 @@ the per-round ratios new/baseline, the targets met or not. Without a second serv
 
 Nothing fails silently: every window's answers are checked against the server's own counters
 (``serving_requests_total``: a gRPC error is an HTTP 200 that h2load counts as a success), and a
-real REST and gRPC predict is checked on every server before and after the rounds.
+real REST and gRPC predict is checked on every server before and after the rounds; a round (or
+warm-up) that got no answer at all stops the run (:class:`loadtest.checks.NoRequests`, exit 6).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from client.grpc_client import predict_request
 from client.rest_client import model_path, predict_body
 from contract import v2
 from contract.mnist import load_split, to_model_input
+from loadtest.checks import NoRequests
 from loadtest.paths import BY_KEY
 from loadtest.perf import generators as gen
 from loadtest.perf.report import BASELINE, NEW, Round, Scenario, markdown, parse_scenarios
@@ -251,6 +253,10 @@ def run_round(
             result = gen.parse_h2load(done.stdout, log_file.read_text() if log_file.exists() else "")
     except ValueError as exc:  # not a bad command line: the generator said something unexpected
         raise RuntimeError(str(exc)) from None
+    if result.requests == 0:
+        said = result.detail or done.stderr.strip()[-300:] or "no errors"
+        cause = f"{command[0]} got no answer from {url} (it said: {said}); is the server up and answering?"
+        raise NoRequests(f"{scenario.name} on the {label} server", duration, cause)
     served, server_errors = served_delta(before, after, scenario.api, scenario.wire_protocol)
     return Round(label, scenario.name, index, scenario.images, result.requests, result.duration_s, result.rps,
                  result.p50_ms, result.p99_ms, result.max_ms, result.errors, served, server_errors, cpu_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from loadtest.locust_bench.report import LevelResult, markdown_table, write_report
@@ -61,3 +62,22 @@ def test_report_of_batched_requests_shows_images() -> None:
     header = table.splitlines()[0]
     assert "| images/req |" in header and "| images/s |" in header and "server CPU µs/image" in header
     assert "| gRPC | 4 | 64 | 4000 | 0 | 800 | 51200 | 1.40 |" in table
+
+
+def _no_requests(protocol: str, users: int) -> LevelResult:
+    """A level whose users never sent a request: Locust's zeros, NaN where nothing was measured."""
+    nan = math.nan
+    nothing = dict(requests=0, rps=0.0, images_per_s=0.0, p50_ms=nan, p90_ms=nan, p99_ms=nan,
+                   max_ms=nan, answers=0, wrong_digits=0, live_accuracy=nan)  # fmt: skip
+    return replace(_result(protocol, users), **nothing)
+
+
+def test_levels_without_requests_never_crash_the_report(tmp_path: Path) -> None:
+    """Not plotted (no latency to put on a log scale) and named in report.md, never a crash."""
+    nothing_at_all = [_no_requests("REST", 1), _no_requests("REST", 4)]
+    for results in (nothing_at_all, [_no_requests("REST", 1), _result("gRPC", 4)]):
+        _, md_path, png_path = write_report(results, tmp_path, "Benchmark: test")
+        assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "not plotted: no requests at REST u=1" in md_path.read_text()
+    _, md_path, png_path = write_report([], tmp_path, "Benchmark: nothing ran")
+    assert png_path.is_file() and md_path.read_text().startswith("Benchmark: nothing ran")

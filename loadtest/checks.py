@@ -1,0 +1,42 @@
+"""What both harnesses refuse: MNIST files they cannot read, and a scenario that answered nothing.
+
+- :func:`mnist_dir` runs before any server or load starts: the directory (``--mnist-dir``, else
+  ``$MNIST_DIR``, else the contract's default) made absolute, so Locust's processes and the
+  servers, whatever their working directory, read the same files, and its test split read and
+  verified by the foundation's reader (:func:`contract.mnist.load_split`). A directory that fails
+  is a :class:`ValueError` naming the absolute path: a bad command line, exit 2.
+- :class:`NoRequests`: a scenario whose generator got no answer at all. Its figures would be NaN
+  and its plot empty, so it is an error (exit 6) that names the scenario and the likely cause.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import contract
+from contract.errors import DigitsError
+from contract.mnist import DataError, load_split
+from contract.mnist import mnist_dir as default_mnist_dir
+
+WHERE = f"--mnist-dir, else ${contract.MNIST_DIR_ENV}, else {contract.DEFAULT_MNIST_DIR}"
+
+
+def mnist_dir(explicit: str | None) -> str:
+    """The MNIST directory as an absolute path, its test split verified; ValueError if unusable."""
+    directory = default_mnist_dir(explicit).expanduser().resolve()
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise ValueError(f"MNIST directory {directory} {what} ({WHERE})")
+    try:
+        load_split("t10k", str(directory))  # every check of the reader; cached for the harness
+    except DataError as exc:
+        raise ValueError(f"MNIST directory {directory} cannot be used: {exc}") from None
+    return str(directory)
+
+
+class NoRequests(DigitsError):
+    """A scenario that answered no request: the run stops, naming it, before any NaN is reported."""
+
+    def __init__(self, scenario: str, seconds: float, cause: str, log: Path | None = None) -> None:
+        where = f"; its log {log}" if log else ""
+        super().__init__(f"{scenario}: 0 requests answered in {seconds:g} s; likely cause: {cause}{where}")
