@@ -183,7 +183,9 @@ def main() -> int:
     bench_dir = args.out / "bench"
 
     banner(1, total, "training the quick grid (python -m training list --grid quick shows it)")
-    run("-m", "training", "grid", "--grid", "quick", "--runs-dir", str(args.runs_dir))
+    # --restart: runs left by another config or an older release are moved aside and retrained
+    # (the same config's runs are resumed or skipped, as always).
+    run("-m", "training", "grid", "--grid", "quick", "--runs-dir", str(args.runs_dir), "--restart")
     banner(2, total, "selecting the best run by validation accuracy and exporting it")
     before = set(contract.model_versions(args.model_base_path))
     run("-m", "training", "export", "--grid", "quick", "--runs-dir", str(args.runs_dir),

@@ -26,15 +26,21 @@ if missing and the machine is online).
 ``run`` logs the devices TensorFlow sees before it reads any data; with --require-gpu (or
 $DIGITS_REQUIRE_GPU=1, what the GPU manifests set) and no GPU it stops there (training/devices.py).
 Exit status of ``run``: 0 trained (completed or diverged), 2 a run no retry can fix (bad grid,
-index, setting or data; a required GPU absent; mixed precision without a GPU), 143 stopped by
-SIGTERM with its state saved (training/preemption.py): the same command resumes it. ``grid``
-passes SIGTERM on to its runs and exits 143 too; run again, it resumes.
+index, setting or data; a required GPU absent; mixed precision without a GPU; a run directory
+trained under another config), 143 stopped by SIGTERM with its state saved
+(training/preemption.py): the same command resumes it. ``grid`` passes SIGTERM on to its runs
+and exits 143 too; run again, it resumes.
+
+A run is its resolved config (training/identity.py): ``run`` and ``grid`` refuse (2) a
+directory trained under another config, naming the settings that differ, unless ``--restart``
+(the directory is moved aside, never deleted); ``report`` and ``export`` refuse (2) a record
+that contradicts the config that trained it, and ``export`` a legacy one (recorded before config
+digests) unless ``--allow-legacy``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -48,7 +54,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contract  # noqa: E402
 from training import preemption  # noqa: E402
-from training.config import Grid, GridError, RunConfig, load_grid, shipped_grids  # noqa: E402
+from training.config import (  # noqa: E402
+    Grid,
+    GridError,
+    Overrides,
+    RunConfig,
+    load_grid,
+    shipped_grids,
+)
+from training.identity import IdentityError  # noqa: E402
 
 if TYPE_CHECKING:
     from training.data import Mnist
@@ -67,35 +81,9 @@ def _parse_indexes(text: str | None) -> list[int] | None:
     return out
 
 
-def _overrides(args: argparse.Namespace, index: int) -> dict:
-    """Checked run overrides from --train-limit and --set [N:]KEY=VALUE (--epochs goes through
-    RunConfig.with_epochs)."""
-    over: dict = {}
-    if args.train_limit is not None:
-        over["train_limit"] = args.train_limit
-    for item in args.set:
-        target, _, assignment = item.rpartition(":") if ":" in item.split("=")[0] else ("", "", item)
-        key, sep, text = assignment.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected [INDEX:]KEY=VALUE")
-        if target and int(target) != index:
-            continue
-        try:
-            over[key] = json.loads(text)
-        except json.JSONDecodeError:
-            over[key] = text
-    return over
-
-
-def _override_flags(args: argparse.Namespace) -> list[str]:
-    flags = []
-    if args.epochs is not None:
-        flags += ["--epochs", str(args.epochs)]
-    if args.train_limit is not None:
-        flags += ["--train-limit", str(args.train_limit)]
-    for item in args.set:
-        flags += ["--set", item]
-    return flags
+def _overrides(args: argparse.Namespace) -> Overrides:
+    """--epochs, --train-limit and --set, checked when applied to a run."""
+    return Overrides(epochs=args.epochs, train_limit=args.train_limit, settings=tuple(args.set))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--set", action="append", default=[], metavar="[INDEX:]KEY=VALUE",
                        help="override a run setting (JSON value), optionally for one run index "
                             "only, e.g. --set learning_rate=0.01 --set 19:epochs=3")
+    knobs.add_argument("--restart", action="store_true",
+                       help="a run whose directory holds training of another config (or from "
+                            "before config digests) starts afresh, the directory moved aside to "
+                            "RUN.superseded-TIME/ (never deleted); without it such a run is "
+                            "refused (exit 2). A run of the same config resumes either way")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", parents=[common], help="list the runs of a grid by index")
@@ -163,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="export this run (name or index) instead")
     p.add_argument("--model-base-path", type=Path, default=contract.DEFAULT_MODEL_BASE_PATH,
                    help=f"model repository (default: {contract.DEFAULT_MODEL_BASE_PATH})")
+    p.add_argument("--allow-legacy", action="store_true",
+                   help="export a run recorded before config digests (its config cannot be "
+                        "checked; the model card says config_verified: false)")
     return parser
 
 
@@ -193,6 +189,9 @@ def _command(args: argparse.Namespace) -> int:
     """The sub-command's function; a refusal is logged and becomes the exit status."""
     try:
         return args.func(args)
+    except IdentityError as refused:  # a run directory or record of another config
+        log.error("%s", refused)
+        return 2
     except _Refused as refused:
         log.error("%s", refused)
         return refused.status
@@ -245,8 +244,9 @@ def _grid_command(args: argparse.Namespace) -> int:
     try:
         statuses = grid_runner.run_grid(grid, args.runs_dir, jobs=args.jobs,
                                         indexes=_parse_indexes(args.indexes),
-                                        data_dir=args.data_dir, overrides=_override_flags(args))
-    except IndexError as exc:
+                                        data_dir=args.data_dir, overrides=_overrides(args),
+                                        restart=args.restart)
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise _Refused(exc) from None
     if grid_runner.PREEMPTED in statuses.values():
         log.warning("grid stopped by SIGTERM; the same command resumes it")
@@ -272,31 +272,41 @@ def _write_report(args: argparse.Namespace, grid: Grid) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """The best run by validation accuracy (or --run) into --model-base-path; 1 if refused."""
+    """The best run by validation accuracy (or --run) into --model-base-path; 1 if refused, 2 if
+    its record does not describe its weights (checked before TensorFlow loads)."""
     grid = _load_grid(args)
-    mnist = _load_mnist(args)
-    from training import export
+    from training import selection
 
     try:
-        version = export.export_from_grid(grid, args.runs_dir, args.model_base_path, mnist,
-                                          run=args.run)
-    except export.ExportError as exc:
+        result = selection.select_run(args.runs_dir / grid.name, args.run,
+                                      [run.name for run in grid.runs],
+                                      allow_legacy=args.allow_legacy)
+        mnist = _load_mnist(args)
+        from training import export
+
+        version = export.export_run(grid, args.runs_dir, args.model_base_path, mnist, result,
+                                    named=args.run)
+    except selection.ExportError as exc:
         raise _Refused(exc, status=1) from None
     print(f"exported version {version} to {args.model_base_path / str(version)}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    """One run, failing fast: its settings, then the devices, then the data, then training."""
+    """One run, failing fast: its settings, its directory, the devices, the data, training."""
     grid = _load_grid(args)
     config = _run_config(args, grid)
+    run_dir = args.runs_dir / grid.name / config.name
+    from training import identity
+
+    identity.prepare(run_dir, config, restart=args.restart)  # before the slow TensorFlow import
     _check_devices(args, config)
     from training import train
 
     mnist = _load_mnist(args)
     bar = args.progress == "bar" or (args.progress is None and sys.stdout.isatty())
-    result = train.run(config, mnist, args.runs_dir / grid.name / config.name, index=args.index,
-                       grid=grid.name, progress_bar=bar)
+    result = train.run(config, mnist, run_dir, index=args.index, grid=grid.name,
+                       progress_bar=bar)
     return 0 if result["status"] in ("completed", "diverged") else 1
 
 
@@ -305,10 +315,7 @@ def _run_config(args: argparse.Namespace, grid: Grid) -> RunConfig:
     if args.index is None:
         raise _Refused("run needs --index N (or $JOB_COMPLETION_INDEX)")
     try:
-        config = grid.run(args.index)
-        if args.epochs is not None:
-            config = config.with_epochs(args.epochs)
-        return config.with_overrides(**_overrides(args, args.index))
+        return _overrides(args).apply(grid.run(args.index), args.index)
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise _Refused(exc) from None
 

@@ -9,13 +9,16 @@ machine (a Kubernetes Indexed Job gives pod N run N), so shipped grids only ever
 ``--grid NAME`` picks a shipped grid (training/grids/NAME.toml: ``lab``, the product grid;
 ``quick``, the demo; ``experiments``, the research log); ``--grid path/to/file.toml`` a user's.
 Every mistake in a file (unknown key, wrong type, invalid value, duplicate name) is a
-:class:`GridError` naming the file, the run and the key.
+:class:`GridError` naming the file, the run and the key. :class:`Overrides` are the command
+line's checked changes to a grid's runs (``--epochs``, ``--train-limit``, ``--set``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import shlex
 import tomllib
 import types
 import typing
@@ -102,6 +105,66 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The command line's changes to a grid's runs: ``--epochs``, ``--train-limit`` and
+    ``--set [INDEX:]KEY=VALUE`` (a JSON value, else the text; with ``INDEX:``, that run only).
+
+    :meth:`apply` gives the resolved config of a run, checked (an unknown setting, a wrong type
+    or a bad ``--set`` is an error); :meth:`flags` the same changes as a run process's flags.
+    """
+
+    epochs: int | None = None
+    train_limit: int | None = None
+    settings: tuple[str, ...] = ()
+
+    def apply(self, config: RunConfig, index: int) -> RunConfig:
+        """Run ``index``'s ``config`` with the changes: ``--epochs`` first (a clean phase that
+        no longer fits is dropped), then ``--train-limit`` and ``--set``."""
+        if self.epochs is not None:
+            config = config.with_epochs(self.epochs)
+        values: dict[str, Any] = {}
+        if self.train_limit is not None:
+            values["train_limit"] = self.train_limit
+        for item in self.settings:
+            values.update(_setting(item, index))
+        return config.with_overrides(**values)
+
+    def flags(self) -> list[str]:
+        out = []
+        if self.epochs is not None:
+            out += ["--epochs", str(self.epochs)]
+        if self.train_limit is not None:
+            out += ["--train-limit", str(self.train_limit)]
+        for item in self.settings:
+            out += ["--set", item]
+        return out
+
+
+def _setting(item: str, index: int) -> dict[str, Any]:
+    """One ``--set [INDEX:]KEY=VALUE`` as {KEY: value}, or {} when it is for another run."""
+    head = item.split("=")[0]
+    target, _, assignment = item.partition(":") if ":" in head else ("", "", item)
+    key, sep, text = assignment.partition("=")
+    if not sep or not key or (target and not target.isdigit()):
+        raise ValueError(f"--set {item!r}: expected [INDEX:]KEY=VALUE")
+    if target and int(target) != index:
+        return {}
+    try:
+        return {key: json.loads(text)}
+    except json.JSONDecodeError:
+        return {key: text}
+
+
+def set_flags(changes: dict[str, Any]) -> list[str]:
+    """``--set KEY=VALUE`` flags, shell-quoted, that make a run's config take these values."""
+    out = []
+    for key, value in changes.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        out += ["--set", shlex.quote(f"{key}={text}")]
+    return out
 
 
 def _field_types() -> dict[str, tuple[type, ...]]:

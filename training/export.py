@@ -1,4 +1,4 @@
-"""Selection and export: the best run by validation accuracy -> a TF Serving model repository.
+"""Export: the selected run (training/selection.py) -> a TF Serving model repository.
 
 One version directory serves both TensorFlow Serving and our ONNX Runtime server::
 
@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,40 +34,17 @@ import tensorflow as tf
 import tf2onnx
 
 import contract
-from training import preemption
+from training import identity, preemption
 from training.config import Grid
 from training.data import Mnist
-from training.records import COMPLETED, MODEL_FILE, best, read_results, write_json_atomic
+from training.records import MODEL_FILE, write_json_atomic
+from training.selection import ExportError, reproduce, select_run
 
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-5
 ONNX_OPSET = 17
 TMP_PREFIX = ".tmp-export-"
-
-
-class ExportError(RuntimeError):
-    """No run to export, or an export that failed its checks (nothing was published)."""
-
-
-def select_run(grid_dir: Path, run: str | None = None,
-               runs: Sequence[str] | None = None) -> dict[str, Any]:
-    """The result record to export: ``run`` (name or index), else the best by validation accuracy
-    among ``runs`` (the grid's run names; default: every run under ``grid_dir``).
-
-    Test accuracy plays no part in the choice (the lab picked by test accuracy: a bug).
-    """
-    results = [r for r in read_results(grid_dir, runs)
-               if r.get("status") == COMPLETED and (grid_dir / r["name"] / MODEL_FILE).exists()]
-    if run is not None:
-        chosen = [r for r in results if run in (r["name"], str(r.get("index")))]
-        if not chosen:
-            raise ExportError(f"no completed run {run!r} with a saved model in {grid_dir}")
-        return chosen[0]
-    chosen = best(results)
-    if chosen is None:
-        raise ExportError(f"no completed runs with a saved model in {grid_dir}")
-    return chosen
 
 
 def serving_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
@@ -184,24 +160,34 @@ def publish(model: keras.Model, model_base_path: Path, parity_images: np.ndarray
 
 
 def export_from_grid(grid: Grid, runs_dir: Path, model_base_path: Path, data: Mnist,
-                     run: str | None = None) -> int:
-    """Select a run of a grid (best by validation unless named) and publish it."""
-    grid_dir = runs_dir / grid.name
-    result = select_run(grid_dir, run, [r.name for r in grid.runs])
+                     run: str | None = None, *, allow_legacy: bool = False) -> int:
+    """Select a run of a grid (best by validation unless named, its record checked:
+    training/selection.py) and publish it."""
+    result = select_run(runs_dir / grid.name, run, [r.name for r in grid.runs],
+                        allow_legacy=allow_legacy)
+    return export_run(grid, runs_dir, model_base_path, data, result, named=run)
+
+
+def export_run(grid: Grid, runs_dir: Path, model_base_path: Path, data: Mnist,
+               result: dict[str, Any], *, named: str | None = None) -> int:
+    """Publish the run of ``result``, a record :func:`select_run` chose (``named``: the --run it
+    was chosen by), so checked against the config that trained its weights: the card's config
+    is that config, and its ``reproduce`` commands retrain exactly that."""
     log.info("exporting %s (validation %.4f, selected %s)", result["name"],
-             result["validation_accuracy"], "by name" if run else "by validation accuracy")
-    model = keras.models.load_model(grid_dir / result["name"] / MODEL_FILE)
+             result["validation_accuracy"], "by name" if named else "by validation accuracy")
+    model = keras.models.load_model(runs_dir / grid.name / result["name"] / MODEL_FILE)
+    digest = result.get("config_digest")
     card = {
         "run": result["name"],
         "grid": grid.source,
         "index": result["index"],
-        "selection": f"named run {run!r}" if run else "highest validation accuracy",
+        "selection": f"named run {named!r}" if named else "highest validation accuracy",
         # What reproduces this version from scratch (MNIST in $MNIST_DIR or downloaded):
-        "reproduce": [
-            f"python -m training run --grid {grid.spec} --index {result['index']}",
-            f"python -m training export --grid {grid.spec} --run {result['name']}",
-        ],
+        "reproduce": reproduce(grid, result),
         "config": result.get("config"),
+        # The config's identity (training/identity.py); null: a legacy run, not verified.
+        "config_digest": digest,
+        "config_verified": digest is not None and digest == identity.digest(result["config"]),
         "metrics": {k: result.get(k) for k in ("training_accuracy", "validation_accuracy",
                                                "test_accuracy")},
         "parameter_count": result.get("parameter_count"),

@@ -1,4 +1,4 @@
-"""Run records on disk: file names, statuses, atomic JSON writes (no TensorFlow import here)."""
+"""Run records on disk: file names, statuses, atomic writes (no TensorFlow import here)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,25 @@ COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 FINISHED = (COMPLETED, DIVERGED)  # a grid does not run these again
 RESULT_FILE, CONFIG_FILE, MODEL_FILE, HISTORY_FILE = (
     "result.json", "config.json", "model.keras", "history.csv")
+DIGEST_FILE = "config.sha256"  # the run's identity (training/identity.py)
+BACKUP_DIR, ELAPSED_FILE = "backup", "elapsed.txt"
+# A run directory moved aside by --restart: <run>.superseded-<UTC time>/ (training/identity.py)
+SUPERSEDED = ".superseded-"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+        handle.write(text)
     os.chmod(tmp, 0o644)  # mkstemp makes it private; servers and other pods read these
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
@@ -37,10 +45,12 @@ def read_results(grid_dir: Path, runs: Sequence[str] | None = None) -> list[dict
 
     With ``runs`` (the grid's run names in index order): the records of those runs only, in that
     order, each with ``index`` set to its place in the grid; directories of runs the grid no
-    longer declares are left out.
+    longer declares are left out. Directories moved aside by ``--restart``
+    (``<run>.superseded-<time>``) are never read.
     """
     if runs is None:
-        results = [json.loads(p.read_text()) for p in sorted(grid_dir.glob(f"*/{RESULT_FILE}"))]
+        results = [json.loads(p.read_text()) for p in sorted(grid_dir.glob(f"*/{RESULT_FILE}"))
+                   if SUPERSEDED not in p.parent.name]
         return sorted(results, key=lambda r: (r.get("index") is None, r.get("index") or 0))
     out = []
     for index, name in enumerate(runs):

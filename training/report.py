@@ -1,7 +1,10 @@
 """Results of a grid: results.json, results.csv, results.md and PNG figures like the lab's.
 
 Reads every ``<grid_dir>/*/result.json`` (runs may come from different machines sharing the
-directory). Figures: test accuracy over the 16-run grid by optimizer, learning rate, activation
+directory). Each finished record is first checked against the config that trained it
+(training/identity.py): a record that contradicts its run directory stops the report
+(:class:`identity.IdentityError`); a legacy record (from before config digests) is listed, and
+named as not verified. Figures: test accuracy over the 16-run grid by optimizer, learning rate, activation
 and batch size; training time by optimizer and batch size; learning curves of the selected runs.
 """
 
@@ -19,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training import identity  # noqa: E402
 from training.records import best, read_history, read_results, write_json_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -137,6 +141,10 @@ def write_report(grid_dir: Path, runs: Sequence[str] | None = None) -> dict[str,
     results = read_results(grid_dir, runs)
     if not results:
         raise FileNotFoundError(f"no result.json under {grid_dir}")
+    legacy = identity.check_records(grid_dir, results)
+    if legacy:
+        log.warning("recorded before config digests, listed but not verified: %s",
+                    ", ".join(legacy))
     write_json_atomic(grid_dir / "results.json", results)
     with (grid_dir / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -152,11 +160,15 @@ def write_report(grid_dir: Path, runs: Sequence[str] | None = None) -> dict[str,
                                                       "test_accuracy")},
         "best_faithful_lenet5": faithful and {k: faithful[k] for k in (
             "name", "validation_accuracy", "test_accuracy")},
+        "legacy_not_verified": legacy,
     }
     text = [markdown_table(results), "",
             f"Selected by validation accuracy: {json.dumps(summary['best'])}",
             f"Best faithful LeNet-5 by validation accuracy: "
             f"{json.dumps(summary['best_faithful_lenet5'])}", ""]
+    if legacy:
+        text += [f"Recorded before config digests (their configs not verified): "
+                 f"{', '.join(legacy)}", ""]
     (grid_dir / "results.md").write_text("\n".join(text))
     _accuracy_figure(results, grid_dir / "accuracy_grid.png")
     _time_figure(results, grid_dir / "training_time.png")

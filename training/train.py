@@ -3,6 +3,7 @@
 A run directory holds everything of one run::
 
     <run_dir>/config.json       the RunConfig (a run can be resumed or re-exported without guessing)
+    <run_dir>/config.sha256     its digest, the run's identity (training/identity.py)
     <run_dir>/backup/           training state (weights, optimizer, epoch) after every epoch:
                                 epoch-<n>/ directories, ``latest`` a symlink to the newest
                                 (epoch-<n>-batch-<k>/ when a SIGTERM stopped the run mid-epoch)
@@ -10,6 +11,9 @@ A run directory holds everything of one run::
     <run_dir>/tb/               TensorBoard: batch loss, epoch accuracies, graph, HParams
     <run_dir>/model.keras       the trained model (logits out), written when the run ends
     <run_dir>/result.json       the result record (the lab's keys + ours), written last, atomically
+
+The directory belongs to one config: a run resumes (or re-evaluates) only the training of its
+own config, checked by digest before anything loads (training/identity.py).
 
 Killed at any point, the same command resumes from the last finished epoch. Stopped by SIGTERM
 (training/preemption.py), the run saves its state at the end of the batch in progress and the
@@ -40,13 +44,14 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
 import contract
-from training import devices, distortions, models, preemption
+from training import devices, distortions, identity, models, preemption
 from training.config import RunConfig
 from training.data import Mnist
 from training.records import (
+    BACKUP_DIR,
     COMPLETED,
-    CONFIG_FILE,
     DIVERGED,
+    ELAPSED_FILE,
     HISTORY_FILE,
     MODEL_FILE,
     RESULT_FILE,
@@ -315,11 +320,12 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
         grid: str | None = None, progress_bar: bool = False) -> dict[str, Any]:
     """Train one run to the end (resuming if a backup exists) and write its result record.
 
-    A SIGTERM (with training/preemption.py installed) raises :class:`preemption.Preempted` once
-    the state is saved; the same call later resumes from it.
+    ``run_dir`` must hold no training, or only ``config``'s (:func:`identity.claim`; else
+    :class:`identity.IdentityError` before anything is read or trained). A SIGTERM (with
+    training/preemption.py installed) raises :class:`preemption.Preempted` once the state is
+    saved; the same call later resumes from it.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+    identity.claim(run_dir, config)  # before the backup is resumed: it must be this config's
     keras.utils.set_random_seed(config.seed)
 
     # Prepare the data: the training images the config asks for, distorted as it says.
@@ -407,8 +413,8 @@ class _RunCallbacks:
 
     @classmethod
     def create(cls, config: RunConfig, run_dir: Path) -> _RunCallbacks:
-        epoch_log = _EpochLog(config.name, config.epochs, run_dir / "elapsed.txt")
-        backup = AtomicBackup(str(run_dir / "backup"))
+        epoch_log = _EpochLog(config.name, config.epochs, run_dir / ELAPSED_FILE)
+        backup = AtomicBackup(str(run_dir / BACKUP_DIR))
         tensorboard = _TensorBoard(str(run_dir / TB_DIR), update_freq="batch", write_graph=True)
         in_order = [
             keras.callbacks.TerminateOnNaN(),
@@ -500,6 +506,7 @@ def _result_record(config: RunConfig, data: Mnist, *, index: int | None, grid: s
         "seed": config.seed,
         "status": DIVERGED if diverged else COMPLETED,
         "config": config.to_dict(),
+        "config_digest": identity.digest(config.to_dict()),  # the run's identity
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "tensorflow": tf.__version__,

@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 
 import contract
-from training import export, records
+from training import export, identity, records
+from training.config import RunConfig
 
 
 def test_repository_layout_and_model_card(model_base_path: Path):
@@ -74,12 +75,14 @@ def test_savedmodel_signature_matches_onnx(model_base_path: Path, mnist_test):
 
 
 def _fake_run(grid_dir: Path, index: int, validation: float, test: float, status="completed"):
-    run_dir = grid_dir / f"run{index}"
-    run_dir.mkdir(parents=True)
+    config = RunConfig(name=f"run{index}", group="grid")
+    run_dir = grid_dir / config.name
+    identity.claim(run_dir, config)  # config.json and its digest, as a run writes them
     (run_dir / records.MODEL_FILE).write_bytes(b"placeholder for selection only")
     records.write_json_atomic(run_dir / records.RESULT_FILE, {
-        "name": f"run{index}", "index": index, "status": status,
-        "validation_accuracy": validation, "test_accuracy": test})
+        "name": config.name, "index": index, "status": status,
+        "validation_accuracy": validation, "test_accuracy": test, "config": config.to_dict(),
+        "config_digest": identity.digest(config.to_dict())})
 
 
 def test_selection_uses_validation_never_test(tmp_path):

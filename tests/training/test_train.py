@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from training import records, report
-from training.config import load_grid, run_config
+from training.config import Overrides, load_grid, run_config
 from training.grid import run_grid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,14 +92,15 @@ def test_a_killed_run_resumes_from_its_last_epoch(mnist_dir, tmp_path):
 
 def test_a_diverged_run_is_recorded_and_the_grid_goes_on(mnist_dir, tmp_path):
     # Run 19 (relu, Adam 0.1) pushed to a learning rate no float32 survives; run 0 trains.
-    statuses = run_grid(load_grid("lab"), tmp_path, jobs=2, indexes=[19, 0], data_dir=str(mnist_dir),
-                        overrides=["--epochs", "1", "--train-limit", "2000",
-                                   "--set", "19:learning_rate=1e30"])
+    overrides = Overrides(epochs=1, train_limit=2000, settings=("19:learning_rate=1e30",))
+    statuses = run_grid(load_grid("lab"), tmp_path, jobs=2, indexes=[19, 0],
+                        data_dir=str(mnist_dir), overrides=overrides)
     assert statuses == {19: records.DIVERGED, 0: records.COMPLETED}
     diverged = records.read_result(tmp_path / "lab" / run_config("lab", 19).name)
     assert diverged["test_accuracy"] is None and diverged["config"]["learning_rate"] == 1e30
-    # Finished runs are not run again; the report covers both.
-    assert run_grid(load_grid("lab"), tmp_path, jobs=2, indexes=[19, 0]) == statuses
+    # Finished runs (of the same settings) are not run again; the report covers both.
+    assert run_grid(load_grid("lab"), tmp_path, jobs=2, indexes=[19, 0],
+                    overrides=overrides) == statuses
     summary = report.write_report(tmp_path / "lab")
     assert summary["statuses"] == {"completed": 1, "diverged": 1}
     for name in ("results.json", "results.csv", "results.md", "accuracy_grid.png",
