@@ -65,6 +65,20 @@ class Settings:
     enable_model_warmup: bool = field(
         default=True, metadata={"help": "run one inference on a new version before it serves"}
     )
+    max_num_load_retries: int = field(
+        default=5,
+        metadata={
+            "help": "retries of a failed version load with unchanged files before it counts as "
+            "failed; 0 = one attempt (TF Serving's; changed files always get a fresh count)"
+        },
+    )
+    load_retry_interval_micros: int = field(
+        default=60_000_000,
+        metadata={
+            "help": "least time between two load attempts of a version with unchanged files; "
+            "negative = no wait, retried at the next scan (TF Serving's)"
+        },
+    )
     enable_batching: bool = field(
         default=False, metadata={"help": "batch concurrent requests inside each worker"}
     )
@@ -126,6 +140,25 @@ class Settings:
     shutdown_grace_period_seconds: float = field(
         default=20.0,
         metadata={"help": "on SIGTERM, time for in-flight requests before workers are killed"},
+    )
+    shutdown_drain_seconds: float = field(
+        default=2.0,
+        metadata={
+            "help": "on SIGTERM, readiness answers 503 / NOT_SERVING at once but requests are "
+            "still served this long (load balancers see the probe fail before listeners close); "
+            "part of --shutdown_grace_period_seconds; 0 = listeners close at once"
+        },
+    )
+    max_worker_restarts: int = field(
+        default=5,
+        metadata={
+            "help": "restarts of one worker within --worker_restart_window_seconds; one more "
+            "crash stops the server (exit status 1); negative = restart forever"
+        },
+    )
+    worker_restart_window_seconds: float = field(
+        default=60.0,
+        metadata={"help": "crashes older than this are forgotten; 0 = none ever is"},
     )
     access_log: bool = field(
         default=True, metadata={"help": "log one JSON line per request (probes excluded)"}

@@ -14,7 +14,11 @@ Metrics:
 - ``serving_request_latency_seconds{api,protocol,method}``: server-side latency histogram
 - ``serving_model_batch_size``: images per ONNX Runtime run
 - ``serving_model_version_available{model,version}``: 1 while a version serves (max over workers)
-- ``serving_model_load_failures_total{model,version}``: failed loads, counted per worker process
+- ``serving_model_load_failures_total{model,version}``: failed load attempts, counted per worker
+  process (retries included)
+- ``serving_worker_served_version{model,version,worker}``: 1 while that worker process serves the
+  version, 0 once it dropped it; ``worker`` is ``<role>-<pid>`` (``grpc-4242``, ``rest-4250``), so
+  workers serving different versions (a split fleet) show, and a dead worker's series go with it
 """
 
 from __future__ import annotations
@@ -58,7 +62,15 @@ VERSION_AVAILABLE = Gauge(
     multiprocess_mode="livemax",
 )
 LOAD_FAILURES = Counter(
-    "serving_model_load_failures", "Model versions that failed to load", ["model", "version"]
+    "serving_model_load_failures", "Failed attempts at loading a model version", ["model", "version"]
+)
+WORKER_SERVED_VERSION = Gauge(
+    "serving_worker_served_version",
+    "1 while this worker process serves the model version, 0 once it dropped it",
+    ["model", "version", "worker"],
+    # Each series is written by one process only (its pid is in ``worker``), so "max" keeps every
+    # worker's own value; a live mode, so the supervisor drops a dead worker's series.
+    multiprocess_mode="livemax",
 )
 
 
@@ -84,8 +96,13 @@ def version_loaded(model: str, version: int, loaded: bool) -> None:
     VERSION_AVAILABLE.labels(model, str(version)).set(1 if loaded else 0)
 
 
+def worker_served_version(model: str, version: int, worker: str, serving: bool) -> None:
+    """Set this worker's gauge of one version (1 while it serves the version)."""
+    WORKER_SERVED_VERSION.labels(model, str(version), worker).set(1 if serving else 0)
+
+
 def load_failed(model: str, version: int) -> None:
-    """Count one failed load of a version."""
+    """Count one failed attempt at loading a version."""
     LOAD_FAILURES.labels(model, str(version)).inc()
 
 

@@ -22,7 +22,12 @@ triggered by nested JSON payloads short (long ones show as p99 spikes).
 Imports: the heavy libraries are imported by the role that uses them, inside its function, and
 nowhere else: granian's master forks the REST workers and must not load ONNX Runtime, grpcio or
 the Prometheus metrics before it does, and a gRPC worker never needs Flask or granian. None of
-these breaks a cycle (nothing in ``serving`` imports this module).
+these breaks a cycle (only the supervisor imports this module, for ``DRAIN_SIGNAL``).
+
+Shutdown: ``DRAIN_SIGNAL`` (from the supervisor, to every process) turns the worker's readiness
+off (REST ``/readyz``, ``/v2/health/ready`` and V2 model ready answer 503; gRPC health goes
+NOT_SERVING) while it keeps serving; SIGTERM then stops it: listeners close, requests in flight
+finish (gRPC here; REST in granian, which its master tells to stop).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from contract.types import AVAILABLE
@@ -46,9 +52,40 @@ if TYPE_CHECKING:
     from serving.rest.gateway import RSGIGateway
 
 logger = logging.getLogger(__name__)
+DRAIN_SIGNAL = signal.SIGUSR1  # the supervisor's "readiness off, keep serving"
 
 
-def build_dataplane(settings: Settings) -> DataPlane:
+def drain_seconds(settings: Settings) -> float:
+    """How long the server keeps serving after SIGTERM with readiness off (within the grace)."""
+    return min(max(0.0, settings.shutdown_drain_seconds), settings.shutdown_grace_period_seconds)
+
+
+def _drain_on_signal(dataplane: DataPlane, role: str) -> None:
+    """``DRAIN_SIGNAL`` turns this worker's readiness off; it keeps serving until SIGTERM."""
+
+    def handler(signum: int, frame: object) -> None:
+        dataplane.start_draining()
+        logger.info("%s worker draining: readiness off, still serving until stopped", role)
+
+    signal.signal(DRAIN_SIGNAL, handler)
+
+
+def _served_versions_reporter(model: str, worker: str) -> Callable[[int, bool], None]:
+    """The repository's ``on_loaded``: this worker's gauges and one log line each time it starts
+    or stops serving a version (after the swap), so workers serving different versions show."""
+    # Per role, not a cycle: the Prometheus metrics load in a worker, never in granian's master.
+    from serving.observability import metrics
+
+    def report(version: int, serving: bool) -> None:
+        metrics.version_loaded(model, version, serving)
+        metrics.worker_served_version(model, version, worker, serving)
+        change = "now serves" if serving else "no longer serves"
+        logger.info("worker %s %s %s version %d", worker, change, model, version)
+
+    return report
+
+
+def build_dataplane(settings: Settings, role: str) -> DataPlane:
     """Repository (loaded and polling), optional batcher and the data plane over them."""
     # Per role, not a cycle: ONNX Runtime and the Prometheus metrics load in a worker, never in
     # granian's forking master.
@@ -65,7 +102,9 @@ def build_dataplane(settings: Settings) -> DataPlane:
         poll_wait_seconds=settings.file_system_poll_wait_seconds,
         warm_up=settings.enable_model_warmup,
         intra_op_threads=settings.tensorflow_intra_op_parallelism,
-        on_loaded=lambda v, loaded: metrics.version_loaded(settings.model_name, v, loaded),
+        max_load_retries=settings.max_num_load_retries,
+        load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
+        on_loaded=_served_versions_reporter(settings.model_name, f"{role}-{os.getpid()}"),
         on_load_failed=lambda v: metrics.load_failed(settings.model_name, v),
     )
     batcher = None
@@ -100,7 +139,7 @@ def rest_app() -> RSGIGateway | Flask:
 
     settings = Settings.from_worker_env()
     configure_logging(settings.log_level)
-    dataplane = build_dataplane(settings)
+    dataplane = build_dataplane(settings, "rest")
     app = create_app(
         dataplane,
         max_request_bytes=settings.max_request_bytes,
@@ -114,6 +153,7 @@ def rest_app() -> RSGIGateway | Flask:
             max_body_bytes=settings.max_request_bytes,
             threads=settings.rest_api_num_threads,
         )
+    _drain_on_signal(dataplane, "REST")
     _freeze_heap()
     logger.info(
         "REST worker ready on %s:%d (serving versions %s)",
@@ -164,7 +204,8 @@ def run_rest_master(settings: Settings) -> None:
         http1_settings=HTTP1Settings(header_read_timeout=settings.rest_api_header_timeout_in_ms),
         respawn_failed_workers=True,
         respawn_interval=0.5,
-        workers_kill_timeout=max(1, int(settings.shutdown_grace_period_seconds)),
+        # granian hears SIGTERM only after the drain window: the rest of the grace period.
+        workers_kill_timeout=max(1, int(settings.shutdown_grace_period_seconds - drain_seconds(settings))),
         log_access=False,  # our own access log skips probes and is JSON
         log_level=settings.log_level.lower(),
     )
@@ -182,7 +223,7 @@ def run_grpc_worker(settings: Settings) -> None:
     # Per role, not a cycle: grpcio is a gRPC worker's alone.
     from serving.grpc.server import build_server, set_health
 
-    dataplane = build_dataplane(settings)
+    dataplane = build_dataplane(settings, "grpc")
     server, health_servicer, _ = build_server(
         dataplane,
         f"{settings.host}:{settings.port}",
@@ -192,6 +233,7 @@ def run_grpc_worker(settings: Settings) -> None:
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _drain_on_signal(dataplane, "gRPC")  # health follows: NOT_SERVING below, still serving
     server.start()
     _freeze_heap()
     logger.info("gRPC worker ready on %s:%d", settings.host, settings.port)
@@ -203,8 +245,9 @@ def run_grpc_worker(settings: Settings) -> None:
             set_health(health_servicer, serving)
     dataplane.start_draining()
     set_health(health_servicer, False)
-    # New RPCs are refused at once; in-flight ones get the grace period to finish.
-    server.stop(max(0.0, settings.shutdown_grace_period_seconds - 0.5)).wait()
+    # New RPCs are refused at once; in-flight ones get the rest of the grace period to finish.
+    remaining = settings.shutdown_grace_period_seconds - drain_seconds(settings)
+    server.stop(max(0.0, remaining - 0.5)).wait()
     dataplane.repository.stop()
     if dataplane.batcher is not None:
         dataplane.batcher.close()

@@ -1,4 +1,5 @@
-"""The server's life: hot swap and a corrupt version under load, dead workers, SIGTERM drain.
+"""The server's life: hot swap and a corrupt version under load, dead workers, SIGTERM drain,
+ports already taken, workers that keep crashing.
 
 Each test starts its own ``python -m serving`` (``server_factory``) over a private copy of the
 repository exported by the training package. Load loops are bounded in time and count.
@@ -6,19 +7,25 @@ repository exported by the training package. Load loops are bounded in time and 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import grpc
 import numpy as np
 import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import (
     GET_MODEL_STATUS_RPC,
@@ -28,12 +35,14 @@ from contract import (
     MODEL_NAME,
     ONNX_FILENAME,
     PREDICT_RPC,
+    READINESS_PATH,
     model_versions,
     version_path,
 )
 from contract.codecs import make_tensor_proto
 from contract.proto import digits_tfserving_pb2 as pb
-from tests.integration.conftest import copy_repository
+from loadtest.server import free_port
+from tests.integration.conftest import ROOT, copy_repository
 
 BODY = json.dumps({"instances": np.random.default_rng(3).random((1, *INPUT_SHAPE)).tolist()}).encode()
 
@@ -359,3 +368,213 @@ def test_sigterm_while_rest_workers_start_stops_promptly(
     assert rc == 0 and stopped_in < grace / 2, (stopped_in, server.log()[-3000:])
     assert "did not stop within the grace period" not in server.log()
     assert not server.descendants()
+
+
+# --- SIGTERM: readiness off while still serving (the drain window) ----------------------------
+
+READINESS_PATHS = (READINESS_PATH, "/v2/health/ready", f"/v2/models/{MODEL_NAME}/ready")
+
+
+def _grpc_health(channel: grpc.Channel) -> str:
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    except grpc.RpcError as exc:
+        return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def _probe_all(server, channel: grpc.Channel) -> dict[str, object]:
+    """REST readiness (status code, or the error) on each path, and gRPC health."""
+    seen: dict[str, object] = {}
+    for path in READINESS_PATHS:
+        try:
+            seen[path] = _rest(server.rest_url, path, timeout=5)[0]
+        except OSError as exc:
+            seen[path] = repr(exc)
+    seen["grpc health"] = _grpc_health(channel)
+    return seen
+
+
+def test_sigterm_turns_readiness_off_while_requests_are_still_served(
+    model_base_path: Path, tmp_path: Path, server_factory
+) -> None:
+    """SIGTERM: for the drain window (``--shutdown_drain_seconds``, 2 s by default) REST readiness
+    (``/readyz``, ``/v2/health/ready``, V2 model ready) answers 503 and gRPC health NOT_SERVING,
+    while predicts are still answered: a slow one in flight, steady load, new ones. Then the
+    listeners close, in-flight requests finish and the server exits 0.
+
+    Before, only gRPC workers drained: REST readiness said 200 until its listener closed.
+    """
+    repository = copy_repository(model_base_path, tmp_path / "repo" / MODEL_NAME)
+    server = server_factory(
+        repository, "--num_workers", "1", "--rest_api_num_threads", "4",
+        "--shutdown_grace_period_seconds", "15",
+    )  # fmt: skip
+    path = f"/v1/models/{MODEL_NAME}:predict"
+    big = json.dumps({"instances": np.random.default_rng(5).random((256, *INPUT_SHAPE)).tolist()}).encode()
+    slow: list[object] = []
+    stop = threading.Event()
+    answered: list[tuple[float, object]] = []  # (when, status or error) of the steady load
+
+    def in_flight() -> None:
+        try:
+            slow.append(_rest(server.rest_url, path, big)[0])
+        except OSError as exc:
+            slow.append(repr(exc))
+
+    def load() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                answered.append((time.monotonic(), _rest(server.rest_url, path, BODY)[0]))
+            except ConnectionRefusedError:
+                time.sleep(0.05)  # after the listener closed: a new request, not a lost one
+            except OSError as exc:
+                answered.append((time.monotonic(), repr(exc)))
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        grpc_predict = _grpc_predict(channel)
+        assert set(_probe_all(server, channel).values()) == {200, "SERVING"}
+        loader = threading.Thread(target=load)
+        loader.start()
+        time.sleep(1.0)
+        sender = threading.Thread(target=in_flight)
+        sender.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        seen = _probe_all(server, channel)
+        while set(seen.values()) != {503, "NOT_SERVING"} and time.monotonic() < started + 1.5:
+            time.sleep(0.05)
+            seen = _probe_all(server, channel)
+        drained_at = time.monotonic()
+        during = (_rest(server.rest_url, path, BODY)[0], grpc_predict().model_spec.name)
+        rc = server.process.wait(timeout=30)
+        stopped_in = time.monotonic() - started
+    sender.join(timeout=30)
+    stop.set()
+    loader.join(timeout=30)
+    assert set(seen.values()) == {503, "NOT_SERVING"}, seen
+    assert during == (200, MODEL_NAME)  # a new predict on each API, readiness already off
+    assert slow == [200]
+    assert [code for _, code in answered if code != 200] == []
+    assert [when for when, _ in answered if when > drained_at], "the steady load was not served"
+    assert rc == 0 and 2.0 <= stopped_in < 15, (rc, stopped_in)
+    assert not server.descendants()
+
+
+# --- start-up failures: a taken port, a worker that keeps crashing -----------------------------
+
+
+@contextlib.contextmanager
+def _serving(log_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """``python -m serving *args`` on 127.0.0.1, its whole tree killed at the end if still up."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--host", "127.0.0.1", *args],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+        process.wait(timeout=30)
+
+
+def _workers_serving(model_base_path: Path) -> list[int]:
+    """Pids of worker processes (of any server) handed settings naming ``model_base_path``."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if str(model_base_path) in process.environ().get("SERVING_SETTINGS_JSON", ""):
+                found.append(process.pid)
+    return found
+
+
+def _exit_status(process: subprocess.Popen, timeout: float) -> int | None:
+    """The exit status, or None if still running after ``timeout`` seconds."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_a_second_server_on_a_taken_port_exits_at_once(
+    model_base_path: Path, tmp_path: Path, server_factory
+) -> None:
+    """A second server on the gRPC or the REST port of a running one exits with status 1 at once,
+    naming the port, and starts nothing.
+
+    Before, it ran on: gRPC's SO_REUSEPORT (and granian's) let it share the port silently,
+    possibly with another model.
+    """
+    repository = copy_repository(model_base_path, tmp_path / "repo" / MODEL_NAME)
+    first = server_factory(repository, "--num_workers", "1")
+    first_ports = {"--port": first.grpc_target, "--rest_api_port": first.rest_url}
+    for flag, address in first_ports.items():
+        taken = int(address.rsplit(":", 1)[1])
+        ports = {"--port": str(free_port()), "--rest_api_port": str(free_port()), flag: str(taken)}
+        log_path = tmp_path / f"second{flag}.log"
+        started = time.monotonic()
+        with _serving(
+            log_path, "--model_base_path", str(repository), "--num_workers", "1",
+            *[item for pair in ports.items() for item in pair],
+        ) as second:  # fmt: skip
+            rc = _exit_status(second, timeout=20)
+        elapsed = time.monotonic() - started
+        log = log_path.read_text(errors="replace")
+        assert rc == 1 and elapsed < 10, (flag, rc, elapsed, log[-2000:])
+        assert f"port {taken} ({flag}) on 127.0.0.1 is already in use" in log, log[-2000:]
+        assert "worker pid" not in log  # no worker was started
+    assert first.is_ready()
+
+
+def test_a_worker_crashing_at_start_stops_the_server_after_its_restarts(tmp_path: Path) -> None:
+    """A broken image (ONNX Runtime fails to import): every worker crashes at start. The
+    supervisor restarts a crashed worker after 0.25 s, then 0.5 s, ..., and the crash after
+    ``--max_worker_restarts`` (2 here, from the environment as a deployment would set it) within
+    the window stops the server with exit status 1 and the reason in the log.
+
+    Before, it restarted the workers every 0.25 s forever and never exited.
+    """
+    broken = tmp_path / "broken-image"
+    (broken / "onnxruntime").mkdir(parents=True)
+    (broken / "onnxruntime" / "__init__.py").write_text(
+        'raise ImportError("libonnxruntime.so.1: cannot open shared object file")\n'
+    )
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(broken), os.environ.get("PYTHONPATH")])),
+        "SERVING_MAX_WORKER_RESTARTS": "2",
+    }
+    log_path = tmp_path / "crashing.log"
+    started = time.monotonic()
+    with _serving(
+        log_path, "--model_base_path", str(tmp_path / "repo"), "--num_workers", "1",
+        "--port", str(free_port()), "--rest_api_port", str(free_port()), env=env,
+    ) as server:  # fmt: skip
+        rc = _exit_status(server, timeout=40)
+    elapsed = time.monotonic() - started
+    log = log_path.read_text(errors="replace")
+    assert rc == 1, (rc, log[-3000:])
+    assert not _workers_serving(tmp_path / "repo")
+    given_up = re.search(
+        r"(grpc|rest) worker crashed 3 times within 60 s \(last pid \d+, exit status 1\), "
+        r"more than --max_worker_restarts 2 allows: stopping the server \(exit status 1\)",
+        log,
+    )
+    assert given_up, log[-3000:]
+    role = given_up.group(1)
+    backoffs = re.findall(
+        rf"{role} worker pid \d+ exited \(exit status 1\), crash \d within 60 s; "
+        r"starting a new one in ([0-9.]+) s",
+        log,
+    )
+    assert backoffs == ["0.25", "0.5"] and elapsed >= 0.75, (backoffs, elapsed)
+    assert log.count(f"started {role} worker pid") == 3
+    assert "libonnxruntime.so.1: cannot open shared object file" in log  # each crash's own reason

@@ -96,6 +96,19 @@ def test_slow_client_bounds_have_flags_and_environment_defaults() -> None:
     assert (defaults.rest_api_header_timeout_in_ms, defaults.rest_api_body_timeout_in_ms) == (10000, 30000)
 
 
+def test_restart_and_drain_flags_have_defaults_and_environment() -> None:
+    defaults = load_settings([], {})
+    assert (defaults.max_worker_restarts, defaults.worker_restart_window_seconds) == (5, 60.0)
+    assert defaults.shutdown_drain_seconds == 2.0 < defaults.shutdown_grace_period_seconds
+    settings = load_settings(
+        ["--max_worker_restarts=0", "--shutdown_drain_seconds", "0"],
+        {"SERVING_WORKER_RESTART_WINDOW_SECONDS": "30", "SERVING_MAX_WORKER_RESTARTS": "9"},
+    )
+    assert settings.max_worker_restarts == 0  # flag beats env: the first crash stops the server
+    assert settings.worker_restart_window_seconds == 30.0  # env beats default
+    assert settings.shutdown_drain_seconds == 0.0
+
+
 def test_json_round_trip_for_workers() -> None:
     settings = load_settings(["--port", "1234", "--access_log=false"], {})
     assert Settings.from_json(settings.to_json()) == settings
