@@ -1,4 +1,7 @@
-"""What both harnesses refuse: MNIST files they cannot read, and a scenario that answered nothing.
+"""The inputs every harness takes, and what they refuse: MNIST files they cannot read, and a
+scenario that answered nothing.
+
+- :func:`add_common_arguments`: ``--mnist-dir``, ``--timeout`` and ``--out``, declared once.
 
 - :func:`mnist_dir` runs before any server or load starts: the directory (``--mnist-dir``, else
   ``$MNIST_DIR``, else the contract's default) made absolute, so Locust's processes and the
@@ -11,14 +14,26 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentParser
+from argparse import _ArgumentGroup as ArgumentGroup
 from pathlib import Path
 
 import contract
+from client.base import DEFAULT_TIMEOUT_S
 from contract.errors import DigitsError
 from contract.mnist import DataError, load_split
 from contract.mnist import mnist_dir as default_mnist_dir
 
 WHERE = f"--mnist-dir, else ${contract.MNIST_DIR_ENV}, else {contract.DEFAULT_MNIST_DIR}"
+
+
+def add_common_arguments(load: ArgumentGroup, parser: ArgumentParser, out: str) -> None:
+    """The data, per-request timeout and report directory (default ``out``) options."""
+    load.add_argument("--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})")
+    load.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request (default %(default)g)"
+    )
+    parser.add_argument("--out", default=out, help="report directory (default %(default)s)")
 
 
 def mnist_dir(explicit: str | None) -> str:

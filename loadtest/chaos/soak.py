@@ -31,6 +31,7 @@ from loadtest.chaos.faults import Injector
 from loadtest.chaos.record import WARMUP_S, Sample, SoakRecord
 from loadtest.chaos.report import verdict, write_report
 from loadtest.chaos.traffic import Traffic, reference_answers
+from loadtest.checks import add_common_arguments
 from loadtest.server import StartedServer, start_server
 
 IMAGES = 200  # distinct MNIST test images the traffic cycles through
@@ -93,9 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="server worker processes per protocol")
     parser.add_argument("--server-args", default="", metavar="FLAGS", help="more flags for the server")
-    parser.add_argument("--mnist-dir", help="MNIST IDX directory (default $MNIST_DIR, then data/mnist)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    parser.add_argument("--out", default="reports/chaos", help="report directory (default reports/chaos)")
+    add_common_arguments(parser, parser, "reports/chaos")
 
 
 def _copy_repository(source: Path, out: Path) -> Path:

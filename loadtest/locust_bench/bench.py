@@ -37,7 +37,7 @@ import contract
 from client.api import ModelSpec, connect
 from client.cli import EXIT_OK, EXIT_UNHEALTHY
 from contract.errors import Unavailable
-from loadtest.checks import NoRequests
+from loadtest.checks import NoRequests, add_common_arguments
 from loadtest.locust_bench.report import LevelResult, write_report
 from loadtest.locust_bench.stats import read_live_stats  # plain JSON helpers: no Locust import
 from loadtest.paths import PATHS, parse_paths
@@ -100,9 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="Locust worker processes (0: one local process, no master); default 1",
     )
-    load.add_argument("--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})")
-    load.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    parser.add_argument("--out", default="reports/bench", help="report directory (default reports/bench)")
+    add_common_arguments(load, parser, "reports/bench")
 
 
 def parse_levels(text: str) -> list[int]:

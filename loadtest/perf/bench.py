@@ -55,7 +55,7 @@ from client.grpc_client import predict_request
 from client.rest_client import model_path, predict_body
 from contract import v2
 from contract.mnist import load_split, to_model_input
-from loadtest.checks import NoRequests
+from loadtest.checks import NoRequests, add_common_arguments
 from loadtest.paths import BY_KEY
 from loadtest.perf import generators as gen
 from loadtest.perf.report import BASELINE, NEW, Round, Scenario, markdown, parse_scenarios
@@ -119,9 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="seconds of each scenario on each server before the rounds (default 1; 0: none)",
     )
-    load.add_argument("--mnist-dir", help=f"MNIST IDX directory (default ${contract.MNIST_DIR_ENV})")
-    load.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    parser.add_argument("--out", default="reports/perf", help="report directory (default reports/perf)")
+    add_common_arguments(load, parser, "reports/perf")
 
 
 def check_arguments(args: argparse.Namespace) -> list[Scenario]:
