@@ -8,7 +8,8 @@ Missing files are downloaded from public mirrors (with retries), verified, then 
 atomically. Without network the error says how to provide the files by hand.
 
 The split is the lab's (TF1 ``read_data_sets``): the first 5,000 training images are the
-validation set, the other 55,000 train; the 10,000 test images are for test only.
+validation set, the other 55,000 train; the 10,000 test images are for test only. A run with a
+``train_limit`` trains on the first ``train_limit`` of those 55,000 (:func:`training_set`).
 """
 
 from __future__ import annotations
@@ -105,3 +106,10 @@ def load(data_dir: str | os.PathLike[str] | None = None, download: bool = True) 
         test_labels=arrays["t10k-labels-idx1-ubyte"].astype(np.int64),
         checksums=checksums,
     )
+
+
+def training_set(data: Mnist, train_limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels a run trains on: the training split, or its first ``train_limit``."""
+    if train_limit:
+        return data.train_images[:train_limit], data.train_labels[:train_limit]
+    return data.train_images, data.train_labels

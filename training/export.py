@@ -4,7 +4,8 @@ One version directory serves both TensorFlow Serving and our ONNX Runtime server
 
     <model_base_path>/<version>/saved_model.pb, variables/   SavedModel, signature serving_default
     <model_base_path>/<version>/model.onnx                   the same function through tf2onnx
-    <model_base_path>/<version>/model-card.json              config, metrics, hashes, parity, data
+    <model_base_path>/<version>/model-card.json              config, metrics, hashes, parity, data,
+                                                             baseline (training/baseline.py)
 
 Both carry the contract's names: input ``image`` float32 [N, 28, 28, 1]; outputs
 ``probabilities`` float32 [N, 10] (softmax) and ``digit`` int64 [N] (argmax).
@@ -34,7 +35,7 @@ import tensorflow as tf
 import tf2onnx
 
 import contract
-from training import identity, preemption
+from training import baseline, identity, preemption
 from training.config import Grid
 from training.data import Mnist
 from training.records import MODEL_FILE, write_json_atomic
@@ -71,24 +72,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_parity(version_dir: Path, images: np.ndarray) -> dict[str, Any]:
-    """Compare the written SavedModel (TensorFlow) with model.onnx (ONNX Runtime) on ``images``."""
+def check_parity(version_dir: Path, session: ort.InferenceSession,
+                 images: np.ndarray) -> dict[str, Any]:
+    """Compare the written SavedModel (TensorFlow) with model.onnx (``session``, ONNX Runtime)
+    on ``images``."""
     signature = tf.saved_model.load(str(version_dir)).signatures[contract.SIGNATURE_NAME]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(version_dir / contract.ONNX_FILENAME), options,
-                                   providers=["CPUExecutionProvider"])
-    tf_p, tf_d, ort_p, ort_d = [], [], [], []
-    for start in range(0, len(images), 1000):
-        batch = images[start:start + 1000]
-        out = signature(**{contract.INPUT_NAME: tf.constant(batch)})
+    tf_p, tf_d = [], []
+    for start in range(0, len(images), baseline.BATCH):
+        out = signature(**{contract.INPUT_NAME: tf.constant(images[start:start + baseline.BATCH])})
         tf_p.append(out[contract.OUTPUT_PROBABILITIES].numpy())
         tf_d.append(out[contract.OUTPUT_DIGIT].numpy())
-        p, d = session.run(list(contract.OUTPUT_NAMES), {contract.INPUT_NAME: batch})
-        ort_p.append(p)
-        ort_d.append(d)
-    max_diff = float(np.max(np.abs(np.concatenate(tf_p) - np.concatenate(ort_p))))
-    mismatches = int(np.sum(np.concatenate(tf_d) != np.concatenate(ort_d)))
+    ort_p, ort_d = baseline.onnx_outputs(session, images)
+    max_diff = float(np.max(np.abs(np.concatenate(tf_p) - ort_p)))
+    mismatches = int(np.sum(np.concatenate(tf_d) != ort_d))
     return {"images": int(len(images)), "max_abs_probability_difference": max_diff,
             "digit_mismatches": mismatches, "tolerance": PARITY_TOLERANCE,
             "passed": max_diff <= PARITY_TOLERANCE and mismatches == 0}
@@ -112,15 +108,19 @@ def _write_version(model: keras.Model, directory: Path) -> None:
 
 
 def publish(model: keras.Model, model_base_path: Path, parity_images: np.ndarray,
-            card: dict[str, Any]) -> int:
-    """Export ``model`` as the next version of the repository; returns the version number."""
+            card: dict[str, Any], splits: baseline.Splits | None = None) -> int:
+    """Export ``model`` as the next version of the repository; returns the version number.
+    With ``splits``, the card gets the model's baseline on them (training/baseline.py)."""
     model_base_path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_base_path))
     try:
         _write_version(model, tmp)
-        parity = check_parity(tmp, parity_images)
+        session = baseline.onnx_session(tmp / contract.ONNX_FILENAME)
+        parity = check_parity(tmp, session, parity_images)
         if not parity["passed"]:
             raise ExportError(f"parity gate failed: {parity}")
+        if splits is not None:
+            card = {**card, "baseline": baseline.card_baseline(splits, session)}
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         write_json_atomic(tmp / contract.MODEL_CARD_FILENAME, {
             **card,
@@ -193,4 +193,6 @@ def export_run(grid: Grid, runs_dir: Path, model_base_path: Path, data: Mnist,
         "parameter_count": result.get("parameter_count"),
         "data_checksums": data.checksums,
     }
-    return publish(model, model_base_path, data.test_images, card)
+    config = result.get("config") or {}
+    return publish(model, model_base_path, data.test_images, card,
+                   baseline.splits(data, config.get("train_limit")))

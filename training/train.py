@@ -46,7 +46,7 @@ from tensorboard.plugins.hparams import api as hp
 import contract
 from training import devices, distortions, identity, models, preemption
 from training.config import RunConfig
-from training.data import Mnist
+from training.data import Mnist, training_set
 from training.records import (
     BACKUP_DIR,
     COMPLETED,
@@ -329,7 +329,7 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
     keras.utils.set_random_seed(config.seed)
 
     # Prepare the data: the training images the config asks for, distorted as it says.
-    train_x, train_y = _training_set(config, data)
+    train_x, train_y = training_set(data, config.train_limit)
     steps = math.ceil(len(train_x) / config.batch_size)
     found = devices.current()
     inputs = _distorted_inputs(config, train_x, train_y, parallel=devices.has_gpu(found))
@@ -374,13 +374,6 @@ def run(config: RunConfig, data: Mnist, run_dir: Path, *, index: int | None = No
 
 
 # --- Prepare the data ---------------------------------------------------------------------------
-def _training_set(config: RunConfig, data: Mnist) -> tuple[np.ndarray, np.ndarray]:
-    """The training images and labels the run trains on: all, or the first ``train_limit``."""
-    if config.train_limit:
-        return data.train_images[: config.train_limit], data.train_labels[: config.train_limit]
-    return data.train_images, data.train_labels
-
-
 def _distorted_inputs(config: RunConfig, images: np.ndarray, labels: np.ndarray, *,
                      parallel: bool) -> dict[str, Any]:
     """``model.fit`` arguments for the run's (first) phase: the distortions the config turns on."""
