@@ -42,9 +42,10 @@ serve: venv
 
 test: venv
 	@# Debian packages some tests drive: chromium (tests/integration/test_web_page.py), wrk and h2load
-	@# (tests/integration/test_perf.py), libb64-0d (linked by Triton's perf_analyzer, same file).
+	@# (tests/integration/test_perf.py), libb64-0d (linked by Triton's perf_analyzer, same file),
+	@# prometheus (promtool: tests/monitoring checks and unit-tests monitoring/rules.yml).
 	@# Without them those tests are skipped, saying why.
-	@command -v chromium >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 && dpkg -s libb64-0d >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive timeout 900 sh -c 'apt-get update -qq && apt-get install -y -qq chromium wrk nghttp2-client libb64-0d' >/dev/null 2>&1 && echo "installed chromium, wrk, h2load, libb64-0d"; } || echo "could not install chromium, wrk, h2load, libb64-0d (apt-get as root): the browser and perf tests will be skipped"
+	@command -v chromium >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 && dpkg -s libb64-0d >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { DEBIAN_FRONTEND=noninteractive timeout 900 sh -c 'apt-get update -qq && apt-get install -y -qq chromium wrk nghttp2-client libb64-0d prometheus' >/dev/null 2>&1 && echo "installed chromium, wrk, h2load, libb64-0d, prometheus"; } || echo "could not install chromium, wrk, h2load, libb64-0d, prometheus (apt-get as root): the browser, perf and Prometheus rule tests will be skipped"
 	@# perf_analyzer itself: two pinned, hash-checked wheels, only its binary and CUDA runtime unpacked.
 	@test -x $(PERF_ANALYZER) || timeout 900 $(PYTHON) scripts/perf_analyzer.py >/dev/null || echo "could not install perf_analyzer (scripts/perf_analyzer.py): its tests will be skipped"
 	$(BIN)/ruff check .

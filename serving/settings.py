@@ -137,6 +137,13 @@ class Settings:
         default=32 * 1024 * 1024,
         metadata={"help": "largest REST body (413 beyond) and gRPC message accepted"},
     )
+    quality_sample_every: int = field(
+        default=10,
+        metadata={
+            "help": "model-quality input statistics of every K-th image a worker answers "
+            "(1 = all); digit counts and confidence always cover every image"
+        },
+    )
     shutdown_grace_period_seconds: float = field(
         default=20.0,
         metadata={"help": "on SIGTERM, time for in-flight requests before workers are killed"},
@@ -231,6 +238,7 @@ _AT_LEAST_ONE = (
     "rest_api_max_connections",
     "rest_api_header_timeout_in_ms",
     "rest_api_body_timeout_in_ms",
+    "quality_sample_every",
 )
 
 

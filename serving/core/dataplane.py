@@ -5,6 +5,11 @@ numbers, names), call one method here, and encode the result; nothing here knows
 Results are numpy arrays and the foundation's protocol-neutral types (``contract.types``:
 ``ModelMetadata``, ``VersionStatus``). Every client mistake is raised as a
 ``contract.errors.ServingError`` with its gRPC code; each adapter translates it in one place.
+
+It also observes what it serves: each request's model and version (the labels of the request
+metrics, ``metrics.request_addressed``), and after each successful predict the model-quality
+metrics of ``contract.quality``: every answered image's digit and top-1 probability, and the
+input statistics of every ``quality_sample_every``-th image (``--quality_sample_every``).
 """
 
 from __future__ import annotations
@@ -14,13 +19,21 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from contract import INPUT_NAME, MAX_BATCH_SIZE, OUTPUT_NAMES, SIGNATURE_NAME
-from contract.errors import InvalidArgument, NotFound, Unavailable
+from contract import (
+    INPUT_NAME,
+    MAX_BATCH_SIZE,
+    OUTPUT_DIGIT,
+    OUTPUT_NAMES,
+    OUTPUT_PROBABILITIES,
+    SIGNATURE_NAME,
+)
+from contract.errors import InvalidArgument, NotFound, ServingError, Unavailable
 from contract.types import ModelMetadata, VersionStatus, check_output_names, served_metadata
 from serving.core.batching import Batcher
 from serving.core.repository import ModelRepository
 from serving.core.runtime import LoadedModel, prepare_images, signature_check
 from serving.observability import metrics
+from serving.settings import Settings
 
 
 class DataPlane:
@@ -31,11 +44,14 @@ class DataPlane:
         repository: ModelRepository,
         batcher: Batcher | None = None,
         max_batch: int = MAX_BATCH_SIZE,
+        quality_sample_every: int = Settings.quality_sample_every,
     ) -> None:
         self.repository = repository
         self.model_name = repository.model_name
         self.batcher = batcher
         self.max_batch = max_batch
+        self.quality_sample_every = max(1, quality_sample_every)
+        self._recorders: dict[int, metrics.QualityRecorder] = {}  # per version
         self._draining = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -55,12 +71,24 @@ class DataPlane:
                 f"model {name!r} is not served here (this server serves {self.model_name!r})"
             )
 
+    def _named(self, name: str) -> None:
+        """NOT_FOUND for another model's name; else ``name`` is the request's ``model`` label
+        (another name never is: clients could make any number of series)."""
+        self._check_name(name)
+        metrics.request_addressed(name)
+
     def resolve(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> LoadedModel:
         """The loaded version a request addresses; NOT_FOUND / UNAVAILABLE otherwise."""
         self._check_name(name)
-        return self.repository.get(version, label)
+        try:
+            model = self.repository.get(version, label)
+        except ServingError:
+            metrics.request_addressed(name)
+            raise
+        metrics.request_addressed(name, model.version)
+        return model
 
     def predict(
         self,
@@ -89,7 +117,16 @@ class DataPlane:
         else:
             outputs = model.run(images)
             metrics.BATCH_SIZE.observe(len(images))
+        self._observe_quality(model.version, images, outputs)
         return model.version, {key: outputs[key] for key in OUTPUT_NAMES if key in wanted}
+
+    def _observe_quality(self, version: int, images: np.ndarray, outputs: Mapping[str, np.ndarray]) -> None:
+        """Hand one answered batch to the model-quality metrics (they compute in bulk, later)."""
+        recorder = self._recorders.get(version)
+        if recorder is None:
+            recorder = metrics.QualityRecorder(self.model_name, version, self.quality_sample_every)
+            recorder = self._recorders.setdefault(version, recorder)
+        recorder.answered(images, outputs[OUTPUT_PROBABILITIES], outputs[OUTPUT_DIGIT])
 
     def metadata(
         self, name: str, version: int | None = None, label: str | None = None
@@ -102,7 +139,7 @@ class DataPlane:
         self, name: str, version: int | None = None, label: str | None = None
     ) -> list[VersionStatus]:
         """One row per version the repository knows of (or the one addressed), ascending."""
-        self._check_name(name)
+        self._named(name)
         if label is not None:
             version = self.resolve(name, None, label).version
         rows = self.repository.statuses(version)
@@ -113,18 +150,19 @@ class DataPlane:
     # --- readiness and versions (the Open Inference Protocol asks for them as such) -------------
     def available_versions(self, name: str) -> list[int]:
         """The versions that serve now (AVAILABLE), ascending; empty while none has loaded."""
-        self._check_name(name)
+        self._named(name)
         return [row.version for row in self.repository.statuses() if row.available]
 
     def model_ready(self, name: str, version: int | None = None) -> bool:
         """True when the version a request would address (default: the highest served) is
         AVAILABLE and the server is not draining, so that a predict on it would be taken.
         Another model's name is NOT_FOUND."""
-        self._check_name(name)
+        self._named(name)
         try:
-            self.repository.get(version)
+            served = self.repository.get(version)
         except (NotFound, Unavailable):
             return False
+        metrics.request_addressed(name, served.version)
         return not self._draining.is_set()
 
     def described_versions(self, name: str, version: int | None = None) -> list[int]:

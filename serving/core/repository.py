@@ -19,12 +19,17 @@ serving, and the policy picks among the others in the same scan (``latest:1`` wi
 corrupt serves 2 from the first scan on), so a worker that has finished ``start()`` serves a
 version whenever any version on disk can load.
 
+Each version's model card (``model-card.json`` beside ``model.onnx``) is read when it loads: its
+``baseline`` (``contract.quality.baseline_of``) becomes the ``serving_model_baseline`` series
+while the version serves (``metrics.set_baseline``). A card without one only costs a log line.
+
 Version policy (``--model_version_policy``): ``latest:N`` (default ``latest:1``), ``all``, or
 ``specific:V1,V2``. Optional labels (``--version_labels stable=1,canary=2``) name versions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -34,10 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from contract import ONNX_FILENAME, model_versions, version_path
+from contract import MODEL_CARD_FILENAME, ONNX_FILENAME, model_versions, version_path
 from contract.errors import Code, NotFound, ServingError, Unavailable
+from contract.quality import STATISTICS
 from contract.types import AVAILABLE, END, LOADING, VersionStatus
 from serving.core.runtime import LoadedModel
+from serving.observability import metrics
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +60,32 @@ def _fingerprint(directory: Path) -> tuple:
             return ("missing", directory.stat().st_mtime_ns)
         except OSError:
             return ("gone",)
+
+
+def card_baseline(directory: Path) -> dict[tuple[str, str], float] | None:
+    """The baseline series of a version's model card, ``{(statistic, moment): value}``: each
+    input statistic's mean and std, and ``("low_confidence_share", "value")``; None, with a log
+    line, when the card or its baseline is missing or malformed (the version serves regardless)."""
+    path = directory / MODEL_CARD_FILENAME
+    try:
+        baseline = json.loads(path.read_text()).get("baseline")
+        if baseline is None:
+            logger.info("%s has no baseline: no serving_model_baseline series", path)
+            return None
+        values = {
+            (name, moment): float(baseline["input"][name][moment])
+            for name in STATISTICS
+            for moment in ("mean", "std")
+        }
+        values["low_confidence_share", "value"] = float(baseline["confidence"]["low_share"])
+    except FileNotFoundError:
+        logger.info("no %s: no serving_model_baseline series", path)
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        logger.warning("unreadable baseline in %s (%s: %s): no serving_model_baseline series",
+                       path, type(exc).__name__, exc)
+        return None
+    return values
 
 
 @dataclass(frozen=True)
@@ -100,6 +133,7 @@ class ModelRepository:
         self._served: MappingProxyType[int, LoadedModel] = MappingProxyType({})
         self._status: dict[int, VersionStatus] = {}
         self._failures: dict[int, _Failures] = {}
+        self._baselines: dict[int, dict[tuple[str, str], float] | None] = {}  # loaded, not yet published
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -225,9 +259,13 @@ class ModelRepository:
         """Status and callbacks for what the swap changed, once readers see the new set."""
         for version in sorted(set(after) - set(before)):
             self._status[version] = VersionStatus(version, AVAILABLE)
+            baseline = self._baselines.pop(version, None)
+            if baseline is not None:
+                metrics.set_baseline(self.model_name, version, baseline)
             self._on_loaded(version, True)
         for version in sorted(set(before) - set(after)):
             self._status[version] = VersionStatus(version, END)
+            metrics.set_baseline(self.model_name, version, None)
             self._on_loaded(version, False)
             logger.info("unloaded %s version %d", self.model_name, version)
 
@@ -253,6 +291,7 @@ class ModelRepository:
         except Exception as exc:  # e.g. ORT failing at warm-up on a graph it accepted
             return self._failed_load(version, fingerprint, Code.INTERNAL, f"{type(exc).__name__}: {exc}")
         self._failures.pop(version, None)
+        self._baselines[version] = card_baseline(directory)
         logger.info("loaded %s version %d from %s", self.model_name, version, directory)
         return model
 

@@ -115,8 +115,9 @@ def build_dataplane(settings: Settings, role: str) -> DataPlane:
             settings.max_enqueued_batches,
             on_batch=metrics.BATCH_SIZE.observe,
         )
-    dataplane = DataPlane(repository, batcher)
+    dataplane = DataPlane(repository, batcher, quality_sample_every=settings.quality_sample_every)
     repository.start()
+    metrics.start_flushing()  # this worker's model-quality tallies, every second
     return dataplane
 
 

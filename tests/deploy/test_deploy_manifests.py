@@ -500,6 +500,18 @@ def test_service_monitor_scrapes_the_model_server_at_the_metrics_path(root: str,
     assert rest_app.test_client().get(endpoint["path"]).status_code == 200
 
 
+@pytest.mark.parametrize("root", OVERLAYS)
+def test_prometheus_rules_come_with_the_service_monitor_and_the_same_labels(root: str) -> None:
+    """The rules (monitoring/rules.yml as a PrometheusRule) wherever the scrape is, labelled as
+    the ServiceMonitor so that the Prometheus selecting one selects the other."""
+    monitors, rules = of_kind(root, "ServiceMonitor"), of_kind(root, "PrometheusRule")
+    assert len(rules) == len(monitors) == (1 if root in MONITORED else 0), root
+    for monitor, rule in zip(monitors, rules, strict=True):
+        assert monitor["metadata"]["labels"].items() <= rule["metadata"]["labels"].items()
+        assert rule["metadata"]["namespace"] == monitor["metadata"]["namespace"] == NAMESPACE
+        assert rule["spec"]["groups"], "no rule groups"
+
+
 # --- KServe ---------------------------------------------------------------------------------------------
 def test_kserve_inference_service_runs_our_server_over_v2_on_kserve_ports(rest_app) -> None:
     (isvc,) = of_kind("kserve", "InferenceService")

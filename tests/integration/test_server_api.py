@@ -214,10 +214,12 @@ def test_access_log_has_one_shape_per_api_and_no_probes(running_server, images) 
         if (rest and grpc_lines) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert rest and list(rest[-1]) == ["api", "protocol", "method", "path", "status", "ms"], rest
+    keys = ["api", "protocol", "model", "version"]
+    assert rest and list(rest[-1]) == [*keys, "method", "path", "status", "ms"], rest
     assert (rest[-1]["method"], rest[-1]["status"]) == ("GET", 404)
-    assert grpc_lines and list(grpc_lines[-1]) == ["api", "protocol", "method", "code", "ms"], grpc_lines
-    assert grpc_lines[-1]["code"] == "OK"
+    assert (rest[-1]["model"], rest[-1]["version"]) == (MODEL_NAME, "")  # no such label: no version
+    assert grpc_lines and list(grpc_lines[-1]) == [*keys, "method", "code", "ms"], grpc_lines
+    assert (grpc_lines[-1]["code"], grpc_lines[-1]["model"]) == ("OK", MODEL_NAME)
     probes = {LIVENESS_PATH, READINESS_PATH, METRICS_PATH, METRICS_ALIAS_PATH}
     assert not [x for x in lines if x.get("path") in probes]  # wait_ready polled /readyz many times
 
@@ -250,6 +252,40 @@ def test_metrics_parse_with_prometheus_parser(running_server, images) -> None:
         assert predicts and predicts[0].value >= 1
         available = [s for s in families["serving_model_version_available"].samples if s.value == 1]
         assert available
+
+
+def _scrape(running_server) -> dict:
+    with urllib.request.urlopen(running_server.rest_url + METRICS_PATH, timeout=30) as response:
+        return {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+
+
+def test_predictions_reach_the_quality_metrics_of_every_worker(running_server, images) -> None:
+    """Each worker writes its model-quality tallies within a second: a scrape then shows every
+    image of a predict, with the served model and version on each series."""
+    version = str(model_versions(running_server.model_base_path)[-1])
+
+    def images_counted() -> float:
+        family = _scrape(running_server).get("serving_predictions")
+        return sum(s.value for s in family.samples if s.name.endswith("_total")
+                   and (s.labels["model"], s.labels["version"]) == (MODEL_NAME, version)) if family else 0.0
+
+    before = images_counted()
+    status, _ = http("POST", f"{running_server.rest_url}/v1/models/{MODEL_NAME}:predict",
+                     json.dumps({"instances": images.tolist()}).encode())
+    assert status == 200
+    deadline = time.monotonic() + 10
+    while images_counted() < before + len(images) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert images_counted() == before + len(images)
+    families = _scrape(running_server)
+    for name in ("serving_prediction_confidence", "serving_input_ink_fraction",
+                 "serving_input_mean_intensity", "serving_input_center_offset_pixels"):
+        counts = [s for s in families[name].samples if s.name == f"{name}_count"
+                  and (s.labels["model"], s.labels["version"]) == (MODEL_NAME, version)]
+        assert counts and counts[0].value >= len(images), name
+    predicts = [s for s in families["serving_requests"].samples if s.name.endswith("_total")
+                and s.labels["method"] == "predict" and s.labels["code"] == "OK"]
+    assert {(s.labels["model"], s.labels["version"]) for s in predicts} == {(MODEL_NAME, version)}
 
 
 REST_CORPUS: list[tuple[str, str, bytes | None, int]] = [

@@ -138,8 +138,10 @@ def test_oversized_message_is_refused(channel: grpc.Channel) -> None:
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def _count(method: str, code: str) -> float:
-    labels = {"api": "grpc", "protocol": "tfserving", "method": method, "code": code}
+def _count(method: str, code: str, served: tuple[str, str] = ("", "")) -> float:
+    """``serving_requests_total`` of gRPC TF Serving calls; ``served``: (model, version)."""
+    labels = {"api": "grpc", "protocol": "tfserving", "method": method, "code": code,
+              "model": served[0], "version": served[1]}
     return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
 
 
@@ -147,7 +149,8 @@ def _count(method: str, code: str) -> float:
 def test_each_call_is_observed_once_with_its_code(
     channel: grpc.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ok, not_found = _count("status", "OK"), _count("predict", "NOT_FOUND")
+    named = (MODEL_NAME, "")  # status covers every version; version 9 is not served
+    ok, not_found = _count("status", "OK", named), _count("predict", "NOT_FOUND", named)
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         _call(
             channel,
@@ -159,12 +162,13 @@ def test_each_call_is_observed_once_with_its_code(
             request = _predict_request(np.zeros((1, *INPUT_SHAPE), np.float32), version={"value": 9})
             _call(channel, PREDICT_RPC, request, pb.PredictResponse)
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    assert (_count("status", "OK"), _count("predict", "NOT_FOUND")) == (ok + 1, not_found + 1)
+    assert (_count("status", "OK", named), _count("predict", "NOT_FOUND", named)) == (ok + 1, not_found + 1)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
-    assert [list(line) for line in lines] == [["api", "protocol", "method", "code", "ms"]] * 2  # no health
-    assert [(x["api"], x["method"], x["code"]) for x in lines] == [
-        ("grpc", "status", "OK"),
-        ("grpc", "predict", "NOT_FOUND"),
+    keys = ["api", "protocol", "model", "version", "method", "code", "ms"]
+    assert [list(line) for line in lines] == [keys] * 2  # no health
+    assert [(x["api"], x["model"], x["version"], x["method"], x["code"]) for x in lines] == [
+        ("grpc", MODEL_NAME, "", "status", "OK"),
+        ("grpc", MODEL_NAME, "", "predict", "NOT_FOUND"),
     ]
 
 

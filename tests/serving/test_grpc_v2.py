@@ -253,8 +253,10 @@ def test_grpc_health_knows_the_v2_service(channel: grpc.Channel) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def _count(method: str, code: str) -> float:
-    labels = {"api": "grpc", "protocol": "v2", "method": method, "code": code}
+def _count(method: str, code: str, served: tuple[str, str] = ("", "")) -> float:
+    """``serving_requests_total`` of gRPC V2 calls; ``served``: (model, version)."""
+    labels = {"api": "grpc", "protocol": "v2", "method": method, "code": code,
+              "model": served[0], "version": served[1]}
     return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
 
 
@@ -264,8 +266,9 @@ def test_each_call_is_observed_once_with_protocol_v2(
 ) -> None:
     def counts() -> tuple[float, ...]:
         probes = _count("server_live", "OK")
-        return (_count(v2.OP_INFER, "OK"), _count(v2.OP_MODEL_METADATA, "NOT_FOUND"),
-                _count(v2.OP_MODEL_CONFIG, "OK"), probes)
+        served = (MODEL_NAME, "1")
+        return (_count(v2.OP_INFER, "OK", served), _count(v2.OP_MODEL_METADATA, "NOT_FOUND"),
+                _count(v2.OP_MODEL_CONFIG, "OK", served), probes)
 
     before = counts()
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
@@ -277,10 +280,10 @@ def test_each_call_is_observed_once_with_protocol_v2(
         client.is_server_ready()
     assert counts() == (before[0] + 1, before[1] + 1, before[2] + 1, before[3])
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
-    assert [(x["api"], x["protocol"], x["method"], x["code"]) for x in lines] == [
-        ("grpc", "v2", "infer", "OK"),
-        ("grpc", "v2", "model_metadata", "NOT_FOUND"),
-        ("grpc", "v2", "model_config", "OK"),
+    assert [(x["api"], x["protocol"], x["model"], x["version"], x["method"], x["code"]) for x in lines] == [
+        ("grpc", "v2", MODEL_NAME, "1", "infer", "OK"),
+        ("grpc", "v2", "", "", "model_metadata", "NOT_FOUND"),  # another model's name is no label
+        ("grpc", "v2", MODEL_NAME, "1", "model_config", "OK"),
     ]
 
 

@@ -125,17 +125,23 @@ def test_readiness_turns_false_when_draining(client: FlaskClient, dataplane: Dat
     assert client.get(READINESS_PATH).status_code == 503
 
 
-def _count(method: str, code: str) -> float:
-    labels = {"api": "rest", "protocol": "tfserving", "method": method, "code": code}
+def _count(method: str, code: str, served: tuple[str, str] = ("", "")) -> float:
+    """``serving_requests_total`` of REST TF Serving requests; ``served``: (model, version)."""
+    labels = {"api": "rest", "protocol": "tfserving", "method": method, "code": code,
+              "model": served[0], "version": served[1]}
     return REGISTRY.get_sample_value("serving_requests_total", labels) or 0.0
 
 
+SERVED = (MODEL_NAME, "1")  # the tiny repository's one version
+NAMED = (MODEL_NAME, "")  # the model, before or without a version
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "body", "status", "operation", "code"),
+    ("method", "path", "body", "status", "operation", "code", "served"),
     [
-        ("POST", PREDICT, json.dumps({"instances": _images(1).tolist()}), 200, "predict", "OK"),
-        ("GET", f"/v1/models/{MODEL_NAME}", None, 200, "status", "OK"),
-        ("GET", f"/v1/models/{MODEL_NAME}/metadata", None, 200, "metadata", "OK"),
+        ("POST", PREDICT, json.dumps({"instances": _images(1).tolist()}), 200, "predict", "OK", SERVED),
+        ("GET", f"/v1/models/{MODEL_NAME}", None, 200, "status", "OK", NAMED),  # every version's
+        ("GET", f"/v1/models/{MODEL_NAME}/metadata", None, 200, "metadata", "OK", SERVED),
         (
             "POST",
             PREDICT,
@@ -143,29 +149,32 @@ def _count(method: str, code: str) -> float:
             400,
             "predict",
             "FAILED_PRECONDITION",  # a 400 that keeps its own gRPC code
+            SERVED,
         ),
-        ("GET", f"/v1/models/{MODEL_NAME}/versions/7/metadata", None, 404, "metadata", "NOT_FOUND"),
-        ("GET", PREDICT, None, 405, "predict", "UNIMPLEMENTED"),
-        ("GET", f"/v1/models/{MODEL_NAME}/a/b", None, 400, "unknown", "INVALID_ARGUMENT"),
-        ("POST", PREDICT, b"x" * (2 << 20), 413, "predict", "INVALID_ARGUMENT"),
+        ("GET", f"/v1/models/{MODEL_NAME}/versions/7/metadata", None, 404, "metadata", "NOT_FOUND", NAMED),
+        ("GET", "/v1/models/other/metadata", None, 404, "metadata", "NOT_FOUND", ("", "")),
+        ("GET", PREDICT, None, 405, "predict", "UNIMPLEMENTED", ("", "")),  # refused before the model
+        ("GET", f"/v1/models/{MODEL_NAME}/a/b", None, 400, "unknown", "INVALID_ARGUMENT", ("", "")),
+        ("POST", PREDICT, b"x" * (2 << 20), 413, "predict", "INVALID_ARGUMENT", ("", "")),
     ],
 )
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "flask"])
 def test_each_model_request_is_observed_once_with_its_code(
     dataplane: DataPlane, method: str, path: str, body, status: int, operation: str, code: str,
-    caplog: pytest.LogCaptureFixture, fast: bool,
+    served: tuple[str, str], caplog: pytest.LogCaptureFixture, fast: bool,
 ) -> None:
     client = create_app(dataplane, max_request_bytes=1 << 20, fast_predict=fast).test_client()
-    before = _count(operation, code)
+    before = _count(operation, code, served)
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         response = client.open(path, method=method, data=body)
         client.get(LIVENESS_PATH), client.get(READINESS_PATH), client.get(METRICS_PATH)
     assert response.status_code == status
-    assert _count(operation, code) == before + 1
+    assert _count(operation, code, served) == before + 1
     # One access line, for the model request only (probes and scrapes are never logged).
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
-    assert list(line) == ["api", "protocol", "method", "path", "status", "ms"]
+    assert list(line) == ["api", "protocol", "model", "version", "method", "path", "status", "ms"]
     assert (line["api"], line["method"], line["path"], line["status"]) == ("rest", method, path, status)
+    assert (line["model"], line["version"]) == served
 
 
 def test_an_unexpected_error_is_a_500_counted_as_internal(
@@ -176,7 +185,7 @@ def test_an_unexpected_error_is_a_500_counted_as_internal(
 
     monkeypatch.setattr(dataplane, "status", broken)
     client = create_app(dataplane, access_log=False).test_client()
-    before = _count("status", "INTERNAL")
+    before = _count("status", "INTERNAL")  # the broken data plane never named the model
     response = client.get(f"/v1/models/{MODEL_NAME}")
     assert (response.status_code, response.get_json()) == (500, {"error": "internal error: RuntimeError"})
     assert _count("status", "INTERNAL") == before + 1

@@ -320,30 +320,37 @@ def test_fast_infer_answers_exactly_as_flask(
     assert _send(fast, "POST", path, body, headers, caplog) == by_flask
     status, _, _, moved, lines = by_flask
     assert len(lines) == 1 and sum(moved.values()) == 1
-    assert lines[0]["protocol"] == "v2" and list(lines[0]) == ["api", "protocol", "method", "path", "status"]
+    keys = ["api", "protocol", "model", "version", "method", "path", "status"]
+    assert lines[0]["protocol"] == "v2" and list(lines[0]) == keys
     (labels,) = moved
     operation = "unknown" if path.endswith("/") else v2.OP_INFER  # no such route: no operation
     assert dict(labels)["protocol"] == "v2" and dict(labels)["method"] == operation
+    if status.startswith("200"):
+        assert (dict(labels)["model"], dict(labels)["version"]) == (MODEL_NAME, "1")
+        assert (lines[0]["model"], lines[0]["version"]) == (MODEL_NAME, "1")
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "operation", "code"),
+    ("method", "path", "operation", "code", "served"),
     [
-        ("GET", v2.PREFIX, v2.OP_SERVER_METADATA, "OK"),
-        ("GET", v2.model_path(MODEL_NAME), v2.OP_MODEL_METADATA, "OK"),
-        ("GET", v2.ready_path(MODEL_NAME, 7), v2.OP_MODEL_READY, "NOT_FOUND"),
-        ("GET", v2.config_path(MODEL_NAME), v2.OP_MODEL_CONFIG, "OK"),
-        ("GET", v2.config_path("other"), v2.OP_MODEL_CONFIG, "NOT_FOUND"),
-        ("GET", INFER, v2.OP_INFER, "UNIMPLEMENTED"),
+        ("GET", v2.PREFIX, v2.OP_SERVER_METADATA, "OK", ("", "")),  # names no model
+        ("GET", v2.model_path(MODEL_NAME), v2.OP_MODEL_METADATA, "OK", (MODEL_NAME, "")),  # every version
+        ("GET", v2.ready_path(MODEL_NAME, 7), v2.OP_MODEL_READY, "NOT_FOUND", (MODEL_NAME, "")),
+        ("GET", v2.ready_path(MODEL_NAME), v2.OP_MODEL_READY, "OK", (MODEL_NAME, "1")),
+        ("GET", v2.config_path(MODEL_NAME), v2.OP_MODEL_CONFIG, "OK", (MODEL_NAME, "1")),
+        ("GET", v2.config_path("other"), v2.OP_MODEL_CONFIG, "NOT_FOUND", ("", "")),
+        ("GET", INFER, v2.OP_INFER, "UNIMPLEMENTED", ("", "")),
     ],
 )
 def test_other_v2_requests_are_observed_once_and_probes_never(
-    dataplane: DataPlane, method: str, path: str, operation: str, code: str, caplog: pytest.LogCaptureFixture
+    dataplane: DataPlane, method: str, path: str, operation: str, code: str, served: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = create_app(dataplane, max_request_bytes=MAX_BYTES)
     _, _, _, moved, lines = _send(app, method, path, None, {}, caplog)
     assert [dict(labels) for labels in moved] == [
-        {"api": "rest", "protocol": "v2", "method": operation, "code": code}]
+        {"api": "rest", "protocol": "v2", "method": operation, "code": code,
+         "model": served[0], "version": served[1]}]
     assert [(line["protocol"], line["path"]) for line in lines] == [("v2", path)]
     for probe in (v2.HEALTH_LIVE_PATH, v2.HEALTH_READY_PATH):
         assert _send(app, "GET", probe, None, {}, caplog)[3:] == ({}, [])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from contract import GRPC_PORT, MODEL_NAME, REST_PORT
+from serving.core.dataplane import DataPlane
 from serving.core.repository import ModelRepository
 from serving.core.runtime import LoadedModel
 from serving.grpc.server import build_server
@@ -60,6 +61,7 @@ def test_tf_serving_spellings_and_flag_beats_env() -> None:
         ["--rest_api_header_timeout_in_ms", "0"],
         ["--rest_api_body_timeout_in_ms", "-1"],
         ["--rest_api_interface", "asgi"],
+        ["--quality_sample_every", "0"],
     ],
 )
 def test_bad_flags_exit_2(argv: list[str]) -> None:
@@ -138,6 +140,7 @@ COMPONENT_DEFAULTS = [
     (RSGIGateway, "body_timeout_seconds", "rest_api_body_timeout_in_ms", 1000),
     (RSGIGateway, "max_body_bytes", "max_request_bytes", 1),
     (RSGIGateway, "threads", "rest_api_num_threads", 1),
+    (DataPlane, "quality_sample_every", "quality_sample_every", 1),
 ]
 
 

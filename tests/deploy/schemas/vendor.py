@@ -1,18 +1,23 @@
-"""Vendor the JSON schemas of the two custom resources the manifests use, from their CRDs.
+"""Vendor the JSON schemas of the custom resources the manifests use, from their CRDs.
 
-kubernetes-validate knows Kubernetes' own types only; a ServiceMonitor (Prometheus Operator) or
-an InferenceService (KServe) is checked against the openAPIV3Schema of its published CRD instead.
-This script turns a CRD file into that schema, made as strict as the API server's field
-validation (``kubectl apply`` rejects unknown fields): every object that lists its properties
-gets ``additionalProperties: false`` unless it preserves unknown fields. Descriptions are dropped
-(size), and ``--keep`` prunes the tree to the subtrees the manifests use, so the vendored file
-stays small; what is pruned away then counts as an unknown field.
+kubernetes-validate knows Kubernetes' own types only; a ServiceMonitor or a PrometheusRule
+(Prometheus Operator) or an InferenceService (KServe) is checked against the openAPIV3Schema of
+its published CRD instead. This script turns a CRD file into that schema, made as strict as the
+API server's field validation (``kubectl apply`` rejects unknown fields): every object that
+lists its properties gets ``additionalProperties: false`` unless it preserves unknown fields.
+Descriptions are dropped (size), and ``--keep`` prunes the tree to the subtrees the manifests use,
+so the vendored file stays small; what is pruned away then counts as an unknown field.
 
 Produced the files here with (CRDs from the tagged releases of the fetched repositories):
   git show v0.93.0:example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml \\
       > sm.yaml   # prometheus-operator/prometheus-operator
   python tests/deploy/schemas/vendor.py sm.yaml v1 \\
       tests/deploy/schemas/servicemonitor-monitoring.coreos.com-v1.json \\
+      --source prometheus-operator/prometheus-operator@v0.93.0
+  git show v0.93.0:example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml \\
+      > monitoring.coreos.com_prometheusrules.yaml   # the same repository and tag
+  python tests/deploy/schemas/vendor.py monitoring.coreos.com_prometheusrules.yaml v1 \\
+      tests/deploy/schemas/prometheusrule-monitoring.coreos.com-v1.json \\
       --source prometheus-operator/prometheus-operator@v0.93.0
   git show v0.20.0:config/crd/full/serving.kserve.io_inferenceservices.yaml > isvc.yaml  # kserve
   python tests/deploy/schemas/vendor.py isvc.yaml v1beta1 \\
