@@ -6,10 +6,11 @@ Results are numpy arrays and the foundation's protocol-neutral types (``contract
 ``ModelMetadata``, ``VersionStatus``). Every client mistake is raised as a
 ``contract.errors.ServingError`` with its gRPC code; each adapter translates it in one place.
 
-It also observes what it serves: each request's model and version (the labels of the request
-metrics, ``metrics.request_addressed``), and after each successful predict the model-quality
-metrics of ``contract.quality``: every answered image's digit and top-1 probability, and the
-input statistics of every ``quality_sample_every``-th image (``--quality_sample_every``).
+It also says what it serves: each request's model and version (the labels of the request
+metrics, ``metrics.request_addressed``), and after each successful predict it hands the images,
+probabilities and digits to the model-quality metrics (``metrics.QualityRecorder``: every
+image's digit and top-1 probability, the input statistics of every ``quality_sample_every``-th
+image, computed in bulk off the request path).
 """
 
 from __future__ import annotations

@@ -242,8 +242,12 @@ class QualityRecorder:
         with self._flush_lock:
             with self._lock:
                 pending, self._pending = self._pending, _Pending()
-            if pending.count:
+            if not pending.count:
+                return
+            try:
                 self._write(pending)
+            except Exception:  # metrics never fail a request (a flush may run in one)
+                logger.exception("model-quality metrics of %s version %s lost", *self.labels)
 
     def _write(self, pending: _Pending) -> None:
         for digit, count in collections.Counter(pending.digits).items():
@@ -293,10 +297,7 @@ def start_flushing(interval: float = FLUSH_SECONDS) -> None:
         while True:
             _WAKE.wait(interval)
             _WAKE.clear()
-            try:
-                flush_quality()
-            except Exception:  # a bad flush must not end the thread; the next one tries again
-                logger.exception("model-quality metrics flush failed")
+            flush_quality()
 
     if _flushing_pid == os.getpid():
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,18 @@ def test_input_statistics_of_every_kth_image_digits_of_all(repository: ModelRepo
     assert moved[("serving_input_ink_fraction_sum", None)] == pytest.approx((1 + 4 + 7) / PIXELS)
 
 
+def test_a_workers_thread_writes_the_answers_without_a_scrape(repository: ModelRepository) -> None:
+    metrics.start_flushing(interval=0.05)  # as each worker does (a daemon thread, once a process)
+    dataplane = DataPlane(repository, quality_sample_every=1)
+    before = _value("serving_prediction_confidence_count", model=MODEL, version="1")
+    dataplane.predict(MODEL, {"image": np.stack([CENTRED[0], RIGHT[0]])})
+    deadline = time.monotonic() + 5
+    while _value("serving_prediction_confidence_count", model=MODEL, version="1") < before + 2:
+        assert time.monotonic() < deadline, "not flushed"
+        time.sleep(0.01)
+    assert _value("serving_input_center_offset_pixels_sum", model=MODEL, version="1") >= 8.0
+
+
 def test_bulk_writes_give_the_samples_observe_gives() -> None:
     """The recorder writes a batch's histogram in one write per bucket, through prometheus_client's
     internals; ``observe`` one value at a time must give the same samples (edges included)."""
@@ -205,20 +218,29 @@ def test_the_baseline_gauge_comes_from_the_card_while_the_version_serves(
     assert any("has no baseline: no serving_model_baseline series" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("card", [None, "{not json", json.dumps({"baseline": {"input": {}}})],
-                         ids=["no card", "not json", "baseline without statistics"])
+@pytest.mark.parametrize(
+    ("card", "level", "says"),
+    [
+        (None, logging.INFO, "no {card}: no serving_model_baseline series"),
+        ("{not json", logging.WARNING, "unreadable baseline in {card} (JSONDecodeError"),
+        (json.dumps({"baseline": {"input": {}}}), logging.WARNING, "unreadable baseline in {card} (KeyError"),
+    ],
+    ids=["no card", "not json", "baseline without statistics"],
+)
 def test_a_version_without_a_readable_baseline_serves_without_series(
-    repository_copy: Path, card: str | None, caplog: pytest.LogCaptureFixture
+    repository_copy: Path, card: str | None, level: int, says: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    path = repository_copy / "1" / MODEL_CARD_FILENAME
     if card is not None:
-        (repository_copy / "1" / MODEL_CARD_FILENAME).write_text(card)
+        path.write_text(card)
     repository = ModelRepository(MODEL + "-nocard", repository_copy, poll_wait_seconds=0)
     with caplog.at_level(logging.INFO, logger="serving.core.repository"):
         repository.start()
     assert repository.ready
     assert not [s for f in REGISTRY.collect() if f.name == "serving_model_baseline"
                 for s in f.samples if s.labels["model"] == MODEL + "-nocard"]
-    assert any("no serving_model_baseline series" in r.getMessage() for r in caplog.records)
+    (record,) = [r for r in caplog.records if "serving_model_baseline" in r.getMessage()]
+    assert record.levelno == level and record.getMessage().startswith(says.format(card=path))
 
 
 def test_several_processes_zero_the_baseline_instead_of_removing_it(monkeypatch: pytest.MonkeyPatch) -> None:

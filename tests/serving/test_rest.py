@@ -153,6 +153,7 @@ NAMED = (MODEL_NAME, "")  # the model, before or without a version
         ),
         ("GET", f"/v1/models/{MODEL_NAME}/versions/7/metadata", None, 404, "metadata", "NOT_FOUND", NAMED),
         ("GET", "/v1/models/other/metadata", None, 404, "metadata", "NOT_FOUND", ("", "")),
+        ("GET", "/v1/models/other", None, 404, "status", "NOT_FOUND", ("", "")),  # never a label
         ("GET", PREDICT, None, 405, "predict", "UNIMPLEMENTED", ("", "")),  # refused before the model
         ("GET", f"/v1/models/{MODEL_NAME}/a/b", None, 400, "unknown", "INVALID_ARGUMENT", ("", "")),
         ("POST", PREDICT, b"x" * (2 << 20), 413, "predict", "INVALID_ARGUMENT", ("", "")),
