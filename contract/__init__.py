@@ -59,6 +59,7 @@ READINESS_PATH = "/readyz"
 PREDICT_RPC = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA_RPC = "/tensorflow.serving.PredictionService/GetModelMetadata"
 GET_MODEL_STATUS_RPC = "/tensorflow.serving.ModelService/GetModelStatus"
+RELOAD_CONFIG_RPC = "/tensorflow.serving.ModelService/HandleReloadConfigRequest"
 SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 METADATA_FIELD_SIGNATURE_DEF = "signature_def"
 

@@ -138,6 +138,12 @@ class FailedPrecondition(ServingError):
     code = Code.FAILED_PRECONDITION
 
 
+class PermissionDenied(ServingError):
+    """The server does not allow this call (a runtime model change with model control off: 403)."""
+
+    code = Code.PERMISSION_DENIED
+
+
 class ResourceExhausted(ServingError):
     """The server is overloaded and refused the request (HTTP 429)."""
 
@@ -171,6 +177,7 @@ _BY_CODE: dict[Code, type[ServingError]] = {
     Code.OUT_OF_RANGE: InvalidArgument,
     Code.NOT_FOUND: NotFound,
     Code.FAILED_PRECONDITION: FailedPrecondition,
+    Code.PERMISSION_DENIED: PermissionDenied,
     Code.RESOURCE_EXHAUSTED: ResourceExhausted,
     Code.UNAVAILABLE: Unavailable,
     Code.DEADLINE_EXCEEDED: DeadlineExceeded,

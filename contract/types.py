@@ -7,7 +7,8 @@ protobuf or JSON in them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,3 +117,74 @@ def check_output_names(names: Iterable[str], refusal: str) -> None:
     if unknown:
         outputs = list(contract.OUTPUT_NAMES)
         raise InvalidArgument(refusal.format(unknown=unknown, first=unknown[0], outputs=outputs))
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """A row of the model repository index (the Open Inference Protocol's extension)."""
+
+    name: str
+    version: str  # "" for a model with no version to list (unloaded)
+    state: str  # READY, LOADING or UNAVAILABLE (contract.v2's INDEX_*)
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "state": self.state,
+                "reason": self.reason}
+
+
+# --- The models a server serves (TF Serving's ModelConfig, as plain values) -------------------------
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # safe in a URL path
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+_POLICY = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One served model: its name, where its versions live, which versions serve, their labels.
+
+    ``policy`` is ``latest:N``, ``all`` or ``specific:V1,V2`` (``--model_version_policy``'s
+    spelling of TF Serving's ServableVersionPolicy)."""
+
+    name: str
+    base_path: str
+    policy: str = "latest:1"
+    labels: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not MODEL_NAME_PATTERN.match(self.name):
+            raise InvalidArgument(
+                f"model name {self.name!r} must be 1-128 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        if not self.base_path:
+            raise InvalidArgument(f"model {self.name!r} has no base_path")
+        if not _POLICY.match(self.policy):
+            raise InvalidArgument(
+                f"model {self.name!r}: version policy {self.policy!r} is not latest:N, all or "
+                "specific:V1,V2"
+            )
+        for label, version in self.labels.items():
+            if not LABEL_PATTERN.match(label) or isinstance(version, bool) or version < 1:
+                raise InvalidArgument(
+                    f"model {self.name!r}: version label {label!r} -> {version!r} must name a "
+                    "positive version with letters, digits, '_', '.' or '-'"
+                )
+        object.__setattr__(self, "labels", dict(sorted(self.labels.items())))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "base_path": self.base_path, "policy": self.policy,
+                "labels": dict(self.labels)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelEntry:
+        return cls(data["name"], data["base_path"], data["policy"], dict(data["labels"]))
+
+
+def check_unique_names(entries: Iterable[ModelEntry]) -> None:
+    """InvalidArgument naming the first model name given twice."""
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise InvalidArgument(f"model {entry.name!r} is configured twice")
+        seen.add(entry.name)

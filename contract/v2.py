@@ -152,6 +152,27 @@ def config_path(name: str, version: str | int | None = None) -> str:
     return f"{model_path(name, version)}/config"
 
 
+# Triton's model repository extension (one unnamed repository: the server's models).
+REPOSITORY_PREFIX = f"{PREFIX}/repository"
+REPOSITORY_INDEX_PATH = f"{REPOSITORY_PREFIX}/index"
+
+
+def repository_load_path(name: str) -> str:
+    """``POST /v2/repository/models/{name}/load``."""
+    return f"{REPOSITORY_PREFIX}/models/{name}/load"
+
+
+def repository_unload_path(name: str) -> str:
+    """``POST /v2/repository/models/{name}/unload``."""
+    return f"{REPOSITORY_PREFIX}/models/{name}/unload"
+
+
+# The states a repository index row reports (Triton's words).
+INDEX_READY = "READY"
+INDEX_UNAVAILABLE = "UNAVAILABLE"
+INDEX_LOADING = "LOADING"
+
+
 # --- gRPC method paths (bound in code, like TF Serving's: our messages live in our package) ---------
 GRPC_SERVICE = "inference.GRPCInferenceService"
 SERVER_LIVE_RPC = f"/{GRPC_SERVICE}/ServerLive"
@@ -161,6 +182,9 @@ SERVER_METADATA_RPC = f"/{GRPC_SERVICE}/ServerMetadata"
 MODEL_METADATA_RPC = f"/{GRPC_SERVICE}/ModelMetadata"
 MODEL_INFER_RPC = f"/{GRPC_SERVICE}/ModelInfer"
 MODEL_CONFIG_RPC = f"/{GRPC_SERVICE}/ModelConfig"  # Triton's model configuration extension
+REPOSITORY_INDEX_RPC = f"/{GRPC_SERVICE}/RepositoryIndex"  # Triton's model repository extension
+REPOSITORY_MODEL_LOAD_RPC = f"/{GRPC_SERVICE}/RepositoryModelLoad"
+REPOSITORY_MODEL_UNLOAD_RPC = f"/{GRPC_SERVICE}/RepositoryModelUnload"
 
 # Operation names both V2 adapters record (metrics' ``method`` label, access log): the protocol's
 # own verbs, beside TF Serving's predict / metadata / status. Health probes are not recorded.
@@ -169,6 +193,9 @@ OP_MODEL_METADATA = "model_metadata"
 OP_MODEL_READY = "model_ready"
 OP_SERVER_METADATA = "server_metadata"
 OP_MODEL_CONFIG = "model_config"
+OP_REPOSITORY_INDEX = "repository_index"
+OP_MODEL_LOAD = "model_load"
+OP_MODEL_UNLOAD = "model_unload"
 
 # --- Server metadata ---------------------------------------------------------------------------------
 SERVER_NAME = "digits"
@@ -176,7 +203,8 @@ SERVER_NAME = "digits"
 # model configuration extension (GET .../config, gRPC ModelConfig; perf_analyzer asks for it).
 BINARY_TENSOR_DATA = "binary_tensor_data"
 MODEL_CONFIGURATION = "model_configuration"
-EXTENSIONS = (BINARY_TENSOR_DATA, MODEL_CONFIGURATION)
+MODEL_REPOSITORY = "model_repository"
+EXTENSIONS = (BINARY_TENSOR_DATA, MODEL_CONFIGURATION, MODEL_REPOSITORY)
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
 BACKEND = "onnxruntime"  # the backend Triton names beside that platform
 

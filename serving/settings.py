@@ -35,6 +35,9 @@ ENV_PREFIX = "SERVING_"
 # What the supervisor hands to every worker process through the environment (not flags):
 SETTINGS_ENV = "SERVING_SETTINGS_JSON"  # these settings, as JSON
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the directory where all processes' metrics meet
+CONTROL_NONE = "none"  # --model_control_mode: the models change only with the config file
+CONTROL_EXPLICIT = "explicit"  # ... and through the runtime APIs (reload, load, unload)
+STATE_DIR_ENV = "SERVING_STATE_DIR"  # the directory of the desired models (serving.core.control)
 _POLICY = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")
 _LABELS = re.compile(r"^([A-Za-z0-9_.-]+=[0-9]+)(,[A-Za-z0-9_.-]+=[0-9]+)*$")
 
@@ -47,6 +50,29 @@ class Settings:
     model_base_path: str = field(
         default=str(DEFAULT_MODEL_BASE_PATH),
         metadata={"help": "directory holding integer version directories with model.onnx"},
+    )
+    model_config_file: str = field(
+        default="",
+        metadata={
+            "help": "TF Serving's ModelServerConfig in text format listing the models to serve "
+            "(name, base_path, model_version_policy, version_labels); replaces --model_name, "
+            "--model_base_path, --model_version_policy and --version_labels"
+        },
+    )
+    model_config_file_poll_wait_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "re-read --model_config_file this often and apply a changed one (a broken "
+            "one is refused with a log line, the models serving keep serving); 0 = read at start only"
+        },
+    )
+    model_control_mode: str = field(
+        default=CONTROL_NONE,
+        metadata={
+            "help": "none: the models change only with the config file; explicit: also through "
+            "gRPC HandleReloadConfigRequest and the V2 repository's load/unload (anyone who "
+            "reaches a port may then unload every model)"
+        },
     )
     port: int = field(default=GRPC_PORT, metadata={"help": "gRPC port"})
     rest_api_port: int = field(default=REST_PORT, metadata={"help": "REST port; 0 disables REST"})
@@ -250,6 +276,10 @@ def _model_problems(settings: Settings) -> list[str]:
         problems.append("--model_version_policy must be latest:N, all or specific:V1,V2")
     if settings.version_labels and not _LABELS.match(settings.version_labels):
         problems.append("--version_labels must look like stable=1,canary=2")
+    if settings.model_control_mode not in (CONTROL_NONE, CONTROL_EXPLICIT):
+        problems.append(f"--model_control_mode must be {CONTROL_NONE} or {CONTROL_EXPLICIT}")
+    if settings.model_config_file_poll_wait_seconds < 0:
+        problems.append("--model_config_file_poll_wait_seconds must not be negative")
     return problems
 
 

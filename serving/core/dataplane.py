@@ -1,4 +1,5 @@
-"""The data plane: all the business logic of predict, metadata and status, for every protocol.
+"""The data plane: all the business logic of predict, metadata and status, for every protocol,
+routed by model name over the served models (:class:`serving.core.models.ServedModels`).
 
 The REST and gRPC adapters decode their request into plain values (numpy arrays, version
 numbers, names), call one method here, and encode the result; nothing here knows a wire format.
@@ -28,67 +29,86 @@ from contract import (
     OUTPUT_PROBABILITIES,
     SIGNATURE_NAME,
 )
-from contract.errors import InvalidArgument, NotFound, ServingError, Unavailable
-from contract.types import ModelMetadata, VersionStatus, check_output_names, served_metadata
+from contract.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from contract.types import (
+    AVAILABLE,
+    LOADING,
+    IndexRow,
+    ModelEntry,
+    ModelMetadata,
+    VersionStatus,
+    check_output_names,
+    served_metadata,
+)
+from contract.v2 import INDEX_LOADING, INDEX_READY, INDEX_UNAVAILABLE
 from serving.core.batching import Batcher
+from serving.core.control import ModelControl
+from serving.core.models import ServedModel, ServedModels
 from serving.core.repository import ModelRepository
 from serving.core.runtime import LoadedModel, prepare_images, signature_check
 from serving.observability import metrics
 from serving.settings import Settings
 
+_INDEX_STATE = {AVAILABLE: INDEX_READY, LOADING: INDEX_LOADING}
+
 
 class DataPlane:
-    """Predict / metadata / status over one model repository, optionally through a batcher."""
+    """Predict / metadata / status over the served models, each through its own batcher if any."""
 
     def __init__(
         self,
-        repository: ModelRepository,
+        models: ServedModels | ModelRepository,
         batcher: Batcher | None = None,
         max_batch: int = MAX_BATCH_SIZE,
         quality_sample_every: int = Settings.quality_sample_every,
+        control: ModelControl | None = None,
     ) -> None:
-        self.repository = repository
-        self.model_name = repository.model_name
-        self.batcher = batcher
+        # One repository (and its batcher) is a server of one model, built by the caller.
+        if isinstance(models, ModelRepository):
+            models = ServedModels.of(models, batcher)
+        self.models = models
+        self.control = control  # None: the models are fixed (built by the caller)
         self.max_batch = max_batch
         self.quality_sample_every = max(1, quality_sample_every)
-        self._recorders: dict[int, metrics.QualityRecorder] = {}  # per version
+        self._recorders: dict[tuple[str, int], metrics.QualityRecorder] = {}  # per model version
         self._draining = threading.Event()
+
+    @property
+    def default_model(self) -> str:
+        """The model a page or a probe means when it names none: the first served, by name."""
+        names = self.models.names()
+        return names[0] if names else ""
 
     # --- lifecycle -----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """Ready to take traffic: a version is AVAILABLE and we are not shutting down."""
-        return self.repository.ready and not self._draining.is_set()
+        """Ready to take traffic: every served model has a version AVAILABLE, and we are not
+        shutting down."""
+        return self.models.ready and not self._draining.is_set()
 
     def start_draining(self) -> None:
         """Readiness turns false; requests already accepted still finish."""
         self._draining.set()
 
     # --- the three operations ------------------------------------------------------------------
-    def _check_name(self, name: str) -> None:
-        if name != self.model_name:
-            raise NotFound(
-                f"model {name!r} is not served here (this server serves {self.model_name!r})"
-            )
-
-    def _named(self, name: str) -> None:
-        """NOT_FOUND for another model's name; else ``name`` is the request's ``model`` label
-        (another name never is: clients could make any number of series)."""
-        self._check_name(name)
+    def _named(self, name: str) -> ServedModel:
+        """The served model ``name``; NOT_FOUND naming the served ones otherwise. ``name`` is then
+        the request's ``model`` label (an unknown name never is: clients could make any number of
+        series)."""
+        served = self.models.get(name)
         metrics.request_addressed(name)
+        return served
 
     def resolve(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> LoadedModel:
         """The loaded version a request addresses; NOT_FOUND / UNAVAILABLE otherwise."""
-        self._check_name(name)
-        try:
-            model = self.repository.get(version, label)
-        except ServingError:
-            metrics.request_addressed(name)
-            raise
-        metrics.request_addressed(name, model.version)
+        return self._resolve(self._named(name), version, label)
+
+    @staticmethod
+    def _resolve(served: ServedModel, version: int | None, label: str | None) -> LoadedModel:
+        model = served.repository.get(version, label)
+        metrics.request_addressed(served.name, model.version)
         return model
 
     def predict(
@@ -103,7 +123,8 @@ class DataPlane:
         timeout: float | None = None,
     ) -> tuple[int, dict[str, np.ndarray]]:
         """Run the model; returns the version that answered and the requested outputs."""
-        model = self.resolve(name, version, label)
+        served = self._named(name)
+        model = self._resolve(served, version, label)
         signature_check(signature_name, SIGNATURE_NAME)
         unknown = sorted(set(inputs) - {INPUT_NAME})
         if unknown or INPUT_NAME not in inputs:
@@ -113,20 +134,22 @@ class DataPlane:
         wanted = tuple(output_filter) or OUTPUT_NAMES
         check_output_names(wanted, "output_filter names {unknown}; this model outputs {outputs}")
         images = prepare_images(inputs[INPUT_NAME], self.max_batch)
-        if self.batcher is not None:
-            outputs = self.batcher.run(model, images, timeout)
+        if served.batcher is not None:
+            outputs = served.batcher.run(model, images, timeout)
         else:
             outputs = model.run(images)
             metrics.BATCH_SIZE.observe(len(images))
-        self._observe_quality(model.version, images, outputs)
+        self._observe_quality(name, model.version, images, outputs)
         return model.version, {key: outputs[key] for key in OUTPUT_NAMES if key in wanted}
 
-    def _observe_quality(self, version: int, images: np.ndarray, outputs: Mapping[str, np.ndarray]) -> None:
+    def _observe_quality(
+        self, name: str, version: int, images: np.ndarray, outputs: Mapping[str, np.ndarray]
+    ) -> None:
         """Hand one answered batch to the model-quality metrics (they compute in bulk, later)."""
-        recorder = self._recorders.get(version)
+        recorder = self._recorders.get((name, version))
         if recorder is None:
-            recorder = metrics.QualityRecorder(self.model_name, version, self.quality_sample_every)
-            recorder = self._recorders.setdefault(version, recorder)
+            recorder = metrics.QualityRecorder(name, version, self.quality_sample_every)
+            recorder = self._recorders.setdefault((name, version), recorder)
         recorder.answered(images, outputs[OUTPUT_PROBABILITIES], outputs[OUTPUT_DIGIT])
 
     def metadata(
@@ -134,36 +157,36 @@ class DataPlane:
     ) -> ModelMetadata:
         """The addressed version and its signature map (every version serves the contract's)."""
         model = self.resolve(name, version, label)
-        return served_metadata(self.model_name, model.version)
+        return served_metadata(name, model.version)
 
     def status(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> list[VersionStatus]:
         """One row per version the repository knows of (or the one addressed), ascending."""
-        self._named(name)
+        served = self._named(name)
         if label is not None:
-            version = self.resolve(name, None, label).version
-        rows = self.repository.statuses(version)
+            version = self._resolve(served, None, label).version
+        rows = served.repository.statuses(version)
         if not rows and version is None:
-            raise NotFound(f"model {name!r} has no versions under {self.repository.base_path}")
+            raise NotFound(f"model {name!r} has no versions under {served.repository.base_path}")
         return rows
 
     # --- readiness and versions (the Open Inference Protocol asks for them as such) -------------
     def available_versions(self, name: str) -> list[int]:
         """The versions that serve now (AVAILABLE), ascending; empty while none has loaded."""
-        self._named(name)
-        return [row.version for row in self.repository.statuses() if row.available]
+        served = self._named(name)
+        return [row.version for row in served.repository.statuses() if row.available]
 
     def model_ready(self, name: str, version: int | None = None) -> bool:
         """True when the version a request would address (default: the highest served) is
         AVAILABLE and the server is not draining, so that a predict on it would be taken.
         Another model's name is NOT_FOUND."""
-        self._named(name)
+        served = self._named(name)
         try:
-            served = self.repository.get(version)
+            model = served.repository.get(version)
         except (NotFound, Unavailable):
             return False
-        metrics.request_addressed(name, served.version)
+        metrics.request_addressed(name, model.version)
         return not self._draining.is_set()
 
     def described_versions(self, name: str, version: int | None = None) -> list[int]:
@@ -173,3 +196,40 @@ class DataPlane:
         if version is not None:
             return [model.version]
         return self.available_versions(name) or [model.version]
+
+    # --- the repository index (the Open Inference Protocol's model repository extension) --------
+    def repository_index(self, ready_only: bool = False) -> list[IndexRow]:
+        """One row per version of every served model (READY, LOADING or UNAVAILABLE with its
+        error), and one per unloaded model; ``ready_only``: the READY rows alone."""
+        rows = []
+        for served in self.models.values():
+            statuses = served.repository.statuses()
+            rows += [IndexRow(served.name, str(status.version),
+                              _INDEX_STATE.get(status.state, INDEX_UNAVAILABLE), status.error_message)
+                     for status in statuses]
+            if not statuses:
+                rows.append(IndexRow(served.name, "", INDEX_UNAVAILABLE,
+                                     f"no versions under {served.repository.base_path}"))
+        rows += [IndexRow(entry.name, "", INDEX_UNAVAILABLE, "unloaded")
+                 for entry in self.models.unloaded]
+        if ready_only:
+            rows = [row for row in rows if row.state == INDEX_READY]
+        return sorted(rows, key=lambda row: (row.name, row.version))
+
+    # --- runtime changes (TF Serving's config reload, the V2 repository's load and unload) -------
+    def _control(self, what: str) -> ModelControl:
+        if self.control is None:
+            raise PermissionDenied(f"{what} is refused: this server's models are fixed")
+        return self.control
+
+    def reload_config(self, models: list[ModelEntry], timeout: float | None = None) -> None:
+        """Serve exactly ``models`` on every worker; returns once all of them do."""
+        self._control("reloading the model config").reload(models, timeout)
+
+    def load_model(self, name: str, timeout: float | None = None) -> None:
+        """Serve an unloaded model of the config again, on every worker."""
+        self._control(f"loading model {name!r}").load(name, timeout)
+
+    def unload_model(self, name: str, timeout: float | None = None) -> None:
+        """Stop serving a model of the config on every worker; in-flight requests finish."""
+        self._control(f"unloading model {name!r}").unload(name, timeout)

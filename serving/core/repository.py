@@ -175,6 +175,20 @@ class ModelRepository:
             return [rows[version]]
         return [rows[v] for v in sorted(rows)]
 
+    # --- changes of configuration -----------------------------------------------------------------
+    def reconfigure(self, policy: str, labels: dict[str, int]) -> None:
+        """A new version policy and labels (the model config changed): a scan applies them now."""
+        with self._scan_lock:
+            self.policy = policy
+            self.labels = dict(labels)  # replaced, never mutated: readers take it without a lock
+        self.poll_once()
+
+    def retire(self) -> None:
+        """The model is no longer served: its versions are reported END (status, gauges, log).
+        The served set stays, so a request already holding this repository still finishes."""
+        with self._scan_lock:
+            self._publish(self._served, {})
+
     # --- the poller ----------------------------------------------------------------------------
     def start(self) -> None:
         """Scan once now (so a ready server has loaded its model), then poll in the background."""

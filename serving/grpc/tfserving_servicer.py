@@ -1,5 +1,6 @@
 """TF Serving's gRPC API: ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and
-``tensorflow.serving.ModelService`` (GetModelStatus) over the data plane.
+``tensorflow.serving.ModelService`` (GetModelStatus, HandleReloadConfigRequest) over the data
+plane. A config reload returns once every worker serves the new config (``serving.core.control``).
 
 Each handler decodes, calls the data plane and encodes (``serving.protocols.tfserving.grpc_proto``;
 ``Predict`` writes its answer's bytes directly); it never catches (``serving.grpc.calls``). The
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import grpc
 
-from contract import GET_MODEL_METADATA_RPC, GET_MODEL_STATUS_RPC, PREDICT_RPC
+from contract import GET_MODEL_METADATA_RPC, GET_MODEL_STATUS_RPC, PREDICT_RPC, RELOAD_CONFIG_RPC
 from contract.proto import digits_tfserving_pb2 as pb
 from serving.core.dataplane import DataPlane
 from serving.grpc.calls import MethodTable, generic_handlers, time_remaining
@@ -19,15 +20,17 @@ from serving.protocols.tfserving.grpc_proto import (
     check_metadata_fields,
     decode_inputs,
     decode_model_spec,
+    decode_reload_request,
     metadata_response,
     predict_response_bytes,
+    reload_response,
     status_response,
 )
 from serving.settings import Settings
 
 
 class PredictionHandlers:
-    """The three RPCs as plain functions of (request, context) over one data plane."""
+    """The four RPCs as plain functions of (request, context) over one data plane."""
 
     def __init__(self, dataplane: DataPlane, access_log: bool = Settings.access_log) -> None:
         self.dataplane = dataplane
@@ -61,11 +64,18 @@ class PredictionHandlers:
         name, version, label = decode_model_spec(request.model_spec)
         return status_response(self.dataplane.status(name, version, label))
 
+    def reload_config(
+        self, request: pb.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> pb.ReloadConfigResponse:
+        self.dataplane.reload_config(decode_reload_request(request), time_remaining(context))
+        return reload_response()
+
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         """Generic handlers binding TF Serving's method paths to our messages."""
         table: MethodTable = [
             (PREDICT_RPC, "predict", self.predict, pb.PredictRequest),
             (GET_MODEL_METADATA_RPC, "metadata", self.metadata, pb.GetModelMetadataRequest),
             (GET_MODEL_STATUS_RPC, "status", self.status, pb.GetModelStatusRequest),
+            (RELOAD_CONFIG_RPC, "reload_config", self.reload_config, pb.ReloadConfigRequest),
         ]
         return generic_handlers(table, self.observer)

@@ -1,5 +1,7 @@
 """The Open Inference Protocol's gRPC API: ``inference.GRPCInferenceService`` (ServerLive,
-ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, ModelConfig) over the data plane.
+ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer, ModelConfig, and the model
+repository extension's RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload) over the data
+plane.
 
 Each handler decodes, calls the data plane and encodes (``serving.protocols.v2.grpc_proto``,
 ``serving.protocols.v2.model_config``); it never catches (``serving.grpc.calls``).
@@ -23,6 +25,7 @@ from serving.protocols.v2.grpc_proto import (
     server_metadata_response,
 )
 from serving.protocols.v2.model_config import model_config_response
+from serving.protocols.v2.repository import decode_index_request, decode_load_request, index_response
 from serving.settings import Settings
 
 
@@ -97,6 +100,25 @@ class InferenceHandlers:
         )
         return infer_response(infer.model_name, answered, infer.id, outputs, infer.outputs)
 
+    def repository_index(
+        self, request: v2pb.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> v2pb.RepositoryIndexResponse:
+        return index_response(self.dataplane.repository_index(decode_index_request(request)))
+
+    def model_load(
+        self, request: v2pb.RepositoryModelLoadRequest, context: grpc.ServicerContext
+    ) -> v2pb.RepositoryModelLoadResponse:
+        name = decode_load_request(request, "model load")
+        self.dataplane.load_model(name, time_remaining(context))
+        return v2pb.RepositoryModelLoadResponse()
+
+    def model_unload(
+        self, request: v2pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext
+    ) -> v2pb.RepositoryModelUnloadResponse:
+        name = decode_load_request(request, "model unload")
+        self.dataplane.unload_model(name, time_remaining(context))
+        return v2pb.RepositoryModelUnloadResponse()
+
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         """Generic handlers binding ``/inference.GRPCInferenceService/*`` to our messages."""
         table: MethodTable = [
@@ -108,5 +130,11 @@ class InferenceHandlers:
             (v2.MODEL_METADATA_RPC, v2.OP_MODEL_METADATA, self.model_metadata, v2pb.ModelMetadataRequest),
             (v2.MODEL_INFER_RPC, v2.OP_INFER, self.model_infer, v2pb.ModelInferRequest),
             (v2.MODEL_CONFIG_RPC, v2.OP_MODEL_CONFIG, self.model_config, v2pb.ModelConfigRequest),
+            (v2.REPOSITORY_INDEX_RPC, v2.OP_REPOSITORY_INDEX, self.repository_index,
+             v2pb.RepositoryIndexRequest),
+            (v2.REPOSITORY_MODEL_LOAD_RPC, v2.OP_MODEL_LOAD, self.model_load,
+             v2pb.RepositoryModelLoadRequest),
+            (v2.REPOSITORY_MODEL_UNLOAD_RPC, v2.OP_MODEL_UNLOAD, self.model_unload,
+             v2pb.RepositoryModelUnloadRequest),
         ]
         return generic_handlers(table, self.observer, self.PROBES)

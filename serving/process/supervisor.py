@@ -7,7 +7,10 @@ Process tree (``--num_workers`` N, default the CPU count):
 Python runs one core per process, so both protocols get one process per core (threads inside one
 process are slower: docs/serving.md). A gRPC worker that dies is started again here;
 granian replaces a dead REST worker (and the supervisor restarts granian itself if it dies).
-Metrics from all processes meet in one ``PROMETHEUS_MULTIPROC_DIR`` owned by the supervisor.
+Metrics from all processes meet in one ``PROMETHEUS_MULTIPROC_DIR`` owned by the supervisor,
+and the desired models in one ``SERVING_STATE_DIR`` (``serving.core.control``): the supervisor
+writes the first generation before any worker starts and re-reads ``--model_config_file``
+(``serving.process.model_config``).
 
 Start-up: both ports must be free on ``--host`` (a plain bind, without the SO_REUSEPORT the
 workers use, which would let a second server silently share them); else exit status 1 at once.
@@ -44,13 +47,17 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
+from contract.errors import InvalidArgument
+from serving.core.control import ModelStore
+from serving.process.model_config import ConfigFileWatcher, initial_models
 from serving.process.workers import DRAIN_SIGNAL, drain_seconds
-from serving.settings import MULTIPROC_ENV, SETTINGS_ENV, Settings
+from serving.settings import MULTIPROC_ENV, SETTINGS_ENV, STATE_DIR_ENV, Settings
 
 logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_PORT_TAKEN = 1  # a port is not free on --host: nothing was started
 EXIT_WORKER_CRASHING = 1  # a worker crashed more than --max_worker_restarts times in the window
+EXIT_BAD_CONFIG = 2  # --model_config_file cannot be read or parsed: nothing was started
 _TICK_S = 0.25  # how often dead children are looked for
 _FIRST_BACKOFF_S = 0.25  # the wait before the first restart; it doubles with each recent crash
 _MAX_BACKOFF_S = 8.0
@@ -147,9 +154,13 @@ class Supervisor:
         self._stop = threading.Event()
         self._hurry = threading.Event()  # a second signal: no drain window
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
+        self._state_dir = Path(tempfile.mkdtemp(prefix="serving-state-"))
+        self.store = ModelStore(self._state_dir)
+        self._config_watcher: ConfigFileWatcher | None = None
         env = dict(os.environ)
         env[SETTINGS_ENV] = settings.to_json()
         env[MULTIPROC_ENV] = str(self._metrics_dir)
+        env[STATE_DIR_ENV] = str(self._state_dir)
         self.children = [_Child("grpc", env) for _ in range(settings.num_workers)]
         if settings.rest_api_port:
             self.children.append(_Child("rest", env))
@@ -162,12 +173,20 @@ class Supervisor:
         self._stop.set()
 
     def run(self) -> int:
-        """The exit status: 0 after a signal, ``EXIT_PORT_TAKEN``, ``EXIT_WORKER_CRASHING``."""
+        """The exit status: 0 after a signal, ``EXIT_PORT_TAKEN``, ``EXIT_BAD_CONFIG``,
+        ``EXIT_WORKER_CRASHING``."""
         try:
             taken = self._taken_port()
             if taken is not None:
                 logger.error("cannot start: %s; nothing started", taken)
                 return EXIT_PORT_TAKEN
+            try:
+                models, source = initial_models(self.settings)
+            except InvalidArgument as exc:
+                logger.error("cannot start: %s; nothing started", exc.message)
+                return EXIT_BAD_CONFIG
+            self.store.initialize(models, source)
+            self._config_watcher = ConfigFileWatcher(self.settings, self.store)
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
             for child in self.children:
@@ -179,6 +198,7 @@ class Supervisor:
             return 0 if failure is None else EXIT_WORKER_CRASHING
         finally:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            shutil.rmtree(self._state_dir, ignore_errors=True)
 
     def _taken_port(self) -> str | None:
         ports = [("gRPC", "--port", self.settings.port)]
@@ -197,6 +217,8 @@ class Supervisor:
             if failure is not None:
                 return failure
             self._forget_dead_metrics()
+            if self._config_watcher is not None:
+                self._config_watcher.poll()
         return None
 
     def _replace_dead(self) -> str | None:

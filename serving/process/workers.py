@@ -6,8 +6,10 @@ Usage (started by ``serving.process.supervisor``, with the settings in ``SERVING
                                    (RSGI: the Flask app behind ``serving.rest.gateway``; or
                                    granian's WSGI with ``--rest_api_interface wsgi``)
 
-Each worker owns its model repository (its own poller and ONNX Runtime session with one
-intra-op thread), so no state is shared between processes and any one may die and be replaced.
+Each worker owns its models (each model's repository with its own poller and ONNX Runtime
+sessions with one intra-op thread), so no model is shared between processes and any one may die
+and be replaced. Which models they serve, they read from the supervisor's ``SERVING_STATE_DIR``
+(``serving.core.control``): every worker follows it, and a runtime change answers once all have.
 A worker accepts connections only once its repository's first scan is done (the gRPC server
 starts after it; granian binds a REST worker's listener after its app factory returns), so a
 new or respawned worker serves a version from its first request whenever one can load.
@@ -41,9 +43,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from contract.types import AVAILABLE
+from contract.types import AVAILABLE, ModelEntry
 from serving.observability.logs import configure_logging
-from serving.settings import Settings
+from serving.settings import STATE_DIR_ENV, Settings
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -86,39 +88,58 @@ def _served_versions_reporter(model: str, worker: str) -> Callable[[int, bool], 
 
 
 def build_dataplane(settings: Settings, role: str) -> DataPlane:
-    """Repository (loaded and polling), optional batcher and the data plane over them."""
+    """The served models (each its repository, loaded and polling, and its optional batcher),
+    following the desired models of ``SERVING_STATE_DIR``, and the data plane over them."""
     # Per role, not a cycle: ONNX Runtime and the Prometheus metrics load in a worker, never in
     # granian's forking master.
     from serving.core.batching import Batcher
+    from serving.core.control import ModelControl, ModelStore
     from serving.core.dataplane import DataPlane
+    from serving.core.models import ServedModels
     from serving.core.repository import ModelRepository
     from serving.observability import metrics
 
-    repository = ModelRepository(
-        settings.model_name,
-        settings.model_base_path,
-        policy=settings.model_version_policy,
-        labels=settings.version_label_map,
-        poll_wait_seconds=settings.file_system_poll_wait_seconds,
-        warm_up=settings.enable_model_warmup,
-        intra_op_threads=settings.tensorflow_intra_op_parallelism,
-        max_load_retries=settings.max_num_load_retries,
-        load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
-        on_loaded=_served_versions_reporter(settings.model_name, f"{role}-{os.getpid()}"),
-        on_load_failed=lambda v: metrics.load_failed(settings.model_name, v),
-    )
-    batcher = None
-    if settings.enable_batching:
-        batcher = Batcher(
+    worker = f"{role}-{os.getpid()}"
+
+    def make_repository(entry: ModelEntry) -> ModelRepository:
+        return ModelRepository(
+            entry.name,
+            entry.base_path,
+            policy=entry.policy,
+            labels=dict(entry.labels),
+            poll_wait_seconds=settings.file_system_poll_wait_seconds,
+            warm_up=settings.enable_model_warmup,
+            intra_op_threads=settings.tensorflow_intra_op_parallelism,
+            max_load_retries=settings.max_num_load_retries,
+            load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
+            on_loaded=_served_versions_reporter(entry.name, worker),
+            on_load_failed=lambda v: metrics.load_failed(entry.name, v),
+        )
+
+    def make_batcher() -> Batcher | None:
+        if not settings.enable_batching:
+            return None
+        return Batcher(
             settings.max_batch_size,
             settings.batch_timeout_micros,
             settings.max_enqueued_batches,
             on_batch=metrics.BATCH_SIZE.observe,
         )
-    dataplane = DataPlane(repository, batcher, quality_sample_every=settings.quality_sample_every)
-    repository.start()
+
+    models = ServedModels(make_repository, make_batcher)
+    control = ModelControl(ModelStore(os.environ[STATE_DIR_ENV]), models, worker,
+                           mode=settings.model_control_mode)
+    control.start()  # the current models, loaded, before this worker serves
     metrics.start_flushing()  # this worker's model-quality tallies, every second
-    return dataplane
+    return DataPlane(models, quality_sample_every=settings.quality_sample_every, control=control)
+
+
+def _served(dataplane: DataPlane) -> str:
+    """``lenet5 [1], lenet5-ensemble [1]``: each model and its AVAILABLE versions (for the log)."""
+    return ", ".join(
+        f"{model.name} {[s.version for s in model.repository.statuses() if s.state == AVAILABLE]}"
+        for model in dataplane.models.values()
+    ) or "no model"
 
 
 def _freeze_heap() -> None:
@@ -156,12 +177,8 @@ def rest_app() -> RSGIGateway | Flask:
         )
     _drain_on_signal(dataplane, "REST")
     _freeze_heap()
-    logger.info(
-        "REST worker ready on %s:%d (serving versions %s)",
-        settings.host,
-        settings.rest_api_port,
-        sorted(s.version for s in dataplane.repository.statuses() if s.state == AVAILABLE),
-    )
+    logger.info("REST worker ready on %s:%d (serving %s)", settings.host, settings.rest_api_port,
+                _served(dataplane))
     return app
 
 
@@ -249,9 +266,9 @@ def run_grpc_worker(settings: Settings) -> None:
     # New RPCs are refused at once; in-flight ones get the rest of the grace period to finish.
     remaining = settings.shutdown_grace_period_seconds - drain_seconds(settings)
     server.stop(max(0.0, remaining - 0.5)).wait()
-    dataplane.repository.stop()
-    if dataplane.batcher is not None:
-        dataplane.batcher.close()
+    if dataplane.control is not None:
+        dataplane.control.stop()
+    dataplane.models.stop()
     logger.info("gRPC worker drained and stopped")
 
 

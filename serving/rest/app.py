@@ -36,7 +36,7 @@ def create_app(
     app.register_blueprint(tfserving_routes.blueprint(dataplane, timeout_seconds, access_log))
     app.register_blueprint(v2_routes.blueprint(dataplane, (max_request_bytes, timeout_seconds), access_log))
     app.register_blueprint(probe_routes.blueprint(dataplane))
-    app.register_blueprint(webpage.blueprint(dataplane.model_name))
+    app.register_blueprint(webpage.blueprint(dataplane.default_model))
     flask_hooks.install_error_handler(app, max_request_bytes)
     if fast_predict:
         app.wsgi_app = FastPredict(  # type: ignore[method-assign]

@@ -5,6 +5,8 @@ the fast path.
   GET  /v2/models/{name}[/versions/{v}][/ready]     model metadata, model readiness
   GET  /v2/models/{name}[/versions/{v}]/config      Triton's model configuration
   POST /v2/models/{name}[/versions/{v}]/infer       JSON or binary tensors (gzip/deflate allowed)
+  POST /v2/repository/index                         the models and their versions' states
+  POST /v2/repository/models/{name}/load|unload     runtime changes (--model_control_mode explicit)
 
 Each route decodes (``serving.protocols.v2``), calls the data plane and encodes; it never catches
 (``serving.rest.errors`` answers errors).
@@ -19,6 +21,7 @@ from contract.errors import Code, error_for
 from serving.core.dataplane import DataPlane
 from serving.observability.observer import RequestObserver
 from serving.protocols.v2.model_config import model_config_json
+from serving.protocols.v2.repository import check_load_body, decode_index_body, encode_index
 from serving.protocols.v2.rest_json import (
     decode_infer_request,
     decompress,
@@ -96,6 +99,20 @@ def blueprint(dataplane: DataPlane, limits: tuple[int, float | None], access_log
         headers = (request.headers.get("Content-Encoding"), request.headers.get(v2.HEADER_CONTENT_LENGTH))
         payload, answer_headers = infer(dataplane, route, request.get_data(), headers, limits)
         return Response(payload, 200, headers=answer_headers)
+
+    @routes.post(v2.REPOSITORY_INDEX_PATH)
+    def repository_index() -> Response:
+        flask_hooks.start(v2.OP_REPOSITORY_INDEX)
+        rows = dataplane.repository_index(decode_index_body(request.get_data()))
+        return Response(json_body(encode_index(rows)), 200, mimetype=JSON)
+
+    @routes.post(f"{v2.REPOSITORY_PREFIX}/models/<name>/<any(load, unload):change>")
+    def repository_change(name: str, change: str) -> Response:
+        flask_hooks.start(v2.OP_MODEL_LOAD if change == "load" else v2.OP_MODEL_UNLOAD)
+        check_load_body(request.get_data(), f"model {change}")
+        run = dataplane.load_model if change == "load" else dataplane.unload_model
+        run(name, limits[1])
+        return Response(b"", 200)
 
     @routes.get(v2.HEALTH_LIVE_PATH)
     def live() -> Response:

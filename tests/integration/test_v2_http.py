@@ -82,7 +82,7 @@ def test_health_and_metadata(client, running_server) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata() == {
         "name": "digits", "version": v2.SERVER_VERSION,
-        "extensions": ["binary_tensor_data", "model_configuration"]}
+        "extensions": ["binary_tensor_data", "model_configuration", "model_repository"]}
     served = str(model_versions(running_server.model_base_path)[-1])
     metadata = client.get_model_metadata(MODEL_NAME)
     assert metadata == {

@@ -244,7 +244,7 @@ def test_grpc_without_deadlines_is_batched_and_a_full_queue_is_resource_exhauste
             first = _in_thread(lambda: _grpc_predict(channel, 1, None))
             assert gated.running.wait(WAIT_S)
             queued = [_in_thread(lambda: _grpc_predict(channel, 1, None)) for _ in range(2)]
-            _until(lambda: dataplane.batcher.queued_images == 2)
+            _until(lambda: dataplane.models.get(MODEL_NAME).batcher.queued_images == 2)
             with pytest.raises(grpc.RpcError) as refused:
                 _grpc_predict(channel, 1, None)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -268,7 +268,7 @@ def test_rest_full_queue_is_429(batched) -> None:
     first = _in_thread(lambda: app.test_client().post(path, json=body))
     assert gated.running.wait(WAIT_S)
     queued = [_in_thread(lambda: app.test_client().post(path, json=body)) for _ in range(2)]
-    _until(lambda: dataplane.batcher.queued_images == 2)
+    _until(lambda: dataplane.models.get(MODEL_NAME).batcher.queued_images == 2)
     refused = app.test_client().post(path, json=body)
     assert refused.status_code == 429 and "queue full" in refused.get_json()["error"]
     gated.release.set()

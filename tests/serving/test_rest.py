@@ -50,7 +50,7 @@ def _images(n: int) -> np.ndarray:
 
 def test_row_and_columnar_formats_match_the_runtime(client: FlaskClient, dataplane: DataPlane) -> None:
     images = _images(3)
-    expected = dataplane.repository.get().run(images)
+    expected = dataplane.models.get(MODEL_NAME).repository.get().run(images)
     row = client.post(PREDICT, json={"instances": images.tolist()}).get_json()
     assert [p[OUTPUT_DIGIT] for p in row["predictions"]] == expected[OUTPUT_DIGIT].tolist()
     np.testing.assert_array_equal(

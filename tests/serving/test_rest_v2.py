@@ -122,7 +122,8 @@ def test_the_configured_batch_limit_is_the_data_planes(tiny_repository: Path) ->
 def test_json_and_binary_answers_equal_tf_servings(client: FlaskClient, dataplane: DataPlane) -> None:
     tf = client.post(PREDICT, json={"inputs": IMAGES.tolist()}).get_json()["outputs"]
     expected = np.asarray(tf[OUTPUT_PROBABILITIES], np.float32)
-    np.testing.assert_array_equal(expected, dataplane.repository.get().run(IMAGES)[OUTPUT_PROBABILITIES])
+    served = dataplane.models.get(MODEL_NAME).repository.get()
+    np.testing.assert_array_equal(expected, served.run(IMAGES)[OUTPUT_PROBABILITIES])
 
     response = client.post(INFER, data=_json_request(IMAGES, id="x"))
     assert response.status_code == 200 and response.mimetype == v2.JSON_CONTENT_TYPE

@@ -8,7 +8,8 @@ field numbers identical to TF Serving's):
 - outputs -> ``PredictResponse`` (a message, or its wire bytes written directly for the hot
   path: ``predict_response_bytes``); ``ModelMetadata`` -> ``GetModelMetadataResponse`` (the
   ``SignatureDefMap`` packed in an ``Any`` whose type URL names TF Serving's message, so official
-  clients unpack it); ``VersionStatus`` rows -> ``GetModelStatusResponse``.
+  clients unpack it); ``VersionStatus`` rows -> ``GetModelStatusResponse``;
+- ``ReloadConfigRequest`` -> the models it lists (``contract.model_config``), and its answer.
 
 The REST adapter renders status and metadata as the proto3 JSON of these same messages, as TF
 Serving's own REST handler does (``serving.protocols.tfserving.rest_json``).
@@ -24,8 +25,9 @@ import numpy as np
 from contract import METADATA_FIELD_SIGNATURE_DEF, SIGNATURE_DEF_MAP_TYPE_URL, SIGNATURE_NAME
 from contract.codecs import data_type, make_ndarray, make_tensor_proto
 from contract.errors import InvalidArgument
+from contract.model_config import entries_of
 from contract.proto import digits_tfserving_pb2 as pb
-from contract.types import ModelMetadata, Signature, TensorSpec, VersionStatus
+from contract.types import ModelEntry, ModelMetadata, Signature, TensorSpec, VersionStatus
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -201,4 +203,21 @@ def status_response(rows: Iterable[VersionStatus]) -> pb.GetModelStatusResponse:
         )
         entry.status.error_code = pb.Code.Value(row.error_code)
         entry.status.error_message = row.error_message
+    return response
+
+
+def decode_reload_request(request: pb.ReloadConfigRequest) -> list[ModelEntry]:
+    """The models a ``HandleReloadConfigRequest`` asks to serve (relative base paths stay as
+    written: the server resolves them against its working directory, as TF Serving does)."""
+    if request.metric_names:
+        raise InvalidArgument(f"metric_names {list(request.metric_names)} are not reported here")
+    if not request.HasField("config"):
+        raise InvalidArgument("ReloadConfigRequest.config is required")
+    return entries_of(request.config)
+
+
+def reload_response() -> pb.ReloadConfigResponse:
+    """The answer to a config reload that every worker applied."""
+    response = pb.ReloadConfigResponse()
+    response.status.error_code = pb.Code.Value("OK")
     return response
