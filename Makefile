@@ -38,7 +38,7 @@ demo: venv
 	$(PYTHON) scripts/demo.py --runs-dir $(RUNS_DIR) --model-base-path $(MODEL_BASE_PATH)
 
 serve: venv
-	$(BIN)/digits-serve --model_base_path $(PRETRAINED)
+	$(BIN)/digits-serve --model_config_file pretrained/models.config
 
 test: venv
 	@# Debian packages some tests drive: chromium (tests/integration/test_web_page.py), wrk and h2load

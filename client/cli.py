@@ -7,6 +7,10 @@ Usage:
   python -m client metadata --rest http://127.0.0.1:8501
   python -m client predict mnist:t10k:0-9 --grpc 127.0.0.1:8500 --protocol v2
   python -m client predict photo.png --rest http://127.0.0.1:8501 --protocol v2 --rest-format json
+  python -m client predict photo.png --rest http://127.0.0.1:8501 --model lenet5-ensemble
+
+``--model`` names the model every subcommand addresses (a server may serve several; default
+``lenet5``); ``--model-name`` is the same flag under its older name.
 
 ``--protocol tfserving`` (the default) speaks TensorFlow Serving's REST and gRPC APIs,
 ``--protocol v2`` the Open Inference Protocol (KServe V2, Triton, MLServer) on the same ports.
@@ -75,7 +79,14 @@ def _add_server_args(parser: argparse.ArgumentParser) -> None:
         help="tfserving: TF Serving's APIs (default); v2: the Open Inference Protocol (KServe, Triton)",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model-name", default=contract.MODEL_NAME)
+    model.add_argument(
+        "--model",
+        "--model-name",  # the older spelling, kept so scripts keep working
+        dest="model_name",
+        metavar="NAME",
+        default=contract.MODEL_NAME,
+        help="the model to address, as the server names it (default %(default)s)",
+    )
     pick = model.add_mutually_exclusive_group()
     pick.add_argument("--model-version", type=int, metavar="N", help="a specific version")
     pick.add_argument("--model-label", metavar="LABEL", help="a version label (e.g. stable)")
@@ -104,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("inputs", nargs="+", metavar="FILE", help="image, .npy or mnist:t10k:N")
     _add_server_args(predict)
+    predict.set_defaults(func=cmd_predict)
     predict.add_argument("--json", action="store_true", help="one JSON document on stdout")
     predict.add_argument(
         "--mnist-dir",
@@ -119,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="the model's version states")
     _add_server_args(status)
+    status.set_defaults(func=cmd_status)
     status.add_argument("--json", action="store_true")
 
     metadata = commands.add_parser("metadata", help="the model's signature map")
     _add_server_args(metadata)
+    metadata.set_defaults(func=cmd_metadata)
     metadata.add_argument("--json", action="store_true")
     return parser
 
@@ -241,9 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {"predict": cmd_predict, "status": cmd_status, "metadata": cmd_metadata}
     try:
-        return commands[args.command](args)
+        return args.func(args)
     except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code_for(exc)

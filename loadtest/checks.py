@@ -2,6 +2,7 @@
 scenario that answered nothing.
 
 - :func:`add_common_arguments`: ``--mnist-dir``, ``--timeout`` and ``--out``, declared once.
+- :func:`model_names`: ``--model-name``'s comma-separated list of the models a run addresses.
 
 - :func:`mnist_dir` runs before any server or load starts: the directory (``--mnist-dir``, else
   ``$MNIST_DIR``, else the contract's default) made absolute, so Locust's processes and the
@@ -34,6 +35,15 @@ def add_common_arguments(load: ArgumentGroup, parser: ArgumentParser, out: str) 
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request (default %(default)g)"
     )
     parser.add_argument("--out", default=out, help="report directory (default %(default)s)")
+
+
+def model_names(text: str) -> list[str]:
+    """``"lenet5, lenet5-ensemble"`` -> ``["lenet5", "lenet5-ensemble"]``: each named once, in order;
+    ValueError when none is named."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise ValueError(f"--model-name needs at least one model name, got {text!r}")
+    return names
 
 
 def mnist_dir(explicit: str | None) -> str:

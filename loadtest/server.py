@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,23 +92,29 @@ class StartedServer:
 
 
 def start_server(
-    model_base_path: str | Path,
-    model_name: str,
+    model_base_path: str | Path | None,
+    model_name: str | Sequence[str],
     log_path: Path,
     extra_args: str = "",
     *,
     source: Path | None = None,
+    model_config_file: str | Path | None = None,
 ) -> StartedServer:
-    """Start our server over a model repository on free loopback ports; return once it serves.
+    """Start our server on free loopback ports; return once every model named serves.
 
+    The models: one, ``model_name`` over the repository ``model_base_path``; or, with
+    ``model_config_file`` (TF Serving's ModelServerConfig text format), those the file lists,
+    ``model_name`` then naming the ones to wait for (a name or a list of names).
     ``source``: run the server code of another source tree (e.g. a baseline revision exported
     by the perf benchmark) instead of the installed one: it goes first on ``PYTHONPATH`` and is
     the working directory, so ``python -m serving`` and its workers import from it.
     """
+    names = [model_name] if isinstance(model_name, str) else list(model_name)
+    if not names:
+        raise ValueError("name at least one model to wait for")
     grpc_port, rest_port = free_port(), free_port()
     command = [
-        sys.executable, "-m", "serving",
-        "--model_name", model_name, "--model_base_path", str(Path(model_base_path).resolve()),
+        sys.executable, "-m", "serving", *_model_flags(model_base_path, names, model_config_file),
         "--host", "127.0.0.1", "--port", str(grpc_port), "--rest_api_port", str(rest_port),
         *shlex.split(extra_args),
     ]  # fmt: skip
@@ -128,14 +135,25 @@ def start_server(
         )
     server = StartedServer(process, f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", log_path)
     try:
-        _wait_ready(server, model_name)
+        _wait_ready(server, names)
     except BaseException:
         server.stop()
         raise
     return server
 
 
-def _wait_ready(server: StartedServer, model_name: str) -> None:
+def _model_flags(
+    model_base_path: str | Path | None, names: list[str], model_config_file: str | Path | None
+) -> list[str]:
+    """The server's model flags: the config file, or one model's name and repository."""
+    if model_config_file is not None:
+        return ["--model_config_file", str(Path(model_config_file).resolve())]
+    if model_base_path is None or len(names) != 1:
+        raise ValueError("one model name and its base path, or a model config file")
+    return ["--model_name", names[0], "--model_base_path", str(Path(model_base_path).resolve())]
+
+
+def _wait_ready(server: StartedServer, model_names: list[str]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -143,13 +161,13 @@ def _wait_ready(server: StartedServer, model_name: str) -> None:
                 f"the server exited with status {server.process.returncode}; its log "
                 f"{server.log_path}:\n{server.log_tail()}"
             )
-        if _rest_ready(server.rest_url) and _grpc_available(server.grpc_target, model_name):
+        if _rest_ready(server.rest_url) and all(_grpc_available(server.grpc_target, m) for m in model_names):
             time.sleep(SETTLE_S)
             return
         time.sleep(0.3)
     raise Unavailable(
-        f"the server started over the repository was not ready within {READY_TIMEOUT_S:.0f} s; "
-        f"its log {server.log_path}:\n{server.log_tail()}"
+        f"the server started here was not ready with {', '.join(model_names)} within "
+        f"{READY_TIMEOUT_S:.0f} s; its log {server.log_path}:\n{server.log_tail()}"
     )
 
 

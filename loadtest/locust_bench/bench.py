@@ -12,12 +12,15 @@ keeps Locust's own CSV, HTML and log beside the report, and writes (:mod:`loadte
   latency.png              latency percentiles and throughput against concurrency
 
 The server is either one already running (``--rest`` / ``--grpc``; ``--server-pid`` for its CPU)
-or ours, started over a model repository (``--model-base-path``) on free loopback ports, measured
-and stopped at the end. Latency percentiles come from :mod:`loadtest.locust_bench.stats` (1 % buckets) because
-Locust rounds times below 100 ms to whole milliseconds. The load generator's CPU is measured
-inside the Locust processes over the test window, so the report says how much of the machine's
-cores it took from the server. A level that answered no request stops the run
-(:class:`loadtest.checks.NoRequests`, exit 6): its row would be NaN, and so would every next one.
+or ours, started over a model repository (``--model-base-path``) or a models config file
+(``--model-config-file``) on free loopback ports, measured and stopped at the end.
+``--model-name`` may name several models (``lenet5,lenet5-ensemble``): the users spread their
+requests over them round-robin, and the report adds each model's share. Latency percentiles come
+from :mod:`loadtest.locust_bench.stats` (1 % buckets) because Locust rounds times below 100 ms
+to whole milliseconds. The load generator's CPU is measured inside the Locust processes over the
+test window, so the report says how much of the machine's cores it took from the server. A level
+that answered no request stops the run (:class:`loadtest.checks.NoRequests`, exit 6): its row
+would be NaN, and so would every next one.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ import contract
 from client.api import ModelSpec, connect
 from client.cli import EXIT_OK, EXIT_UNHEALTHY
 from contract.errors import Unavailable
-from loadtest.checks import NoRequests, add_common_arguments
-from loadtest.locust_bench.report import LevelResult, write_report
+from loadtest.checks import NoRequests, add_common_arguments, model_names
+from loadtest.locust_bench.report import LevelResult, ModelShare, write_report
 from loadtest.locust_bench.stats import read_live_stats  # plain JSON helpers: no Locust import
 from loadtest.paths import PATHS, parse_paths
 from loadtest.server import StartedServer, cpu_seconds, free_port, start_server
@@ -66,12 +69,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "measure its CPU, stop it at the end (instead of --rest/--grpc)",
     )
     server.add_argument(
+        "--model-config-file",
+        metavar="FILE",
+        help="start `python -m serving` over the models of this file (TF Serving's ModelServerConfig "
+        "text format) instead of --model-base-path",
+    )
+    server.add_argument(
         "--server-args",
         default="",
         metavar="FLAGS",
         help='extra flags for the server started here, e.g. "--access_log false --num_workers 2"',
     )
-    server.add_argument("--model-name", default=contract.MODEL_NAME)
+    server.add_argument(
+        "--model-name",
+        default=contract.MODEL_NAME,
+        metavar="NAMES",
+        help="the model, or comma-separated models the users spread their requests over "
+        "round-robin, e.g. lenet5,lenet5-ensemble (default %(default)s)",
+    )
     load = parser.add_argument_group("the load")
     load.add_argument(
         "--protocols",
@@ -128,9 +143,9 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[str], list[int]]:
         raise ValueError("--workers must be >= 0")
     if not 1 <= args.images_per_request <= contract.MAX_BATCH_SIZE:
         raise ValueError(f"--images-per-request must be 1..{contract.MAX_BATCH_SIZE}")
-    if args.model_base_path:
-        if args.rest or args.grpc or args.server_pid:
-            raise ValueError("give --model-base-path, or a running server's --rest/--grpc, not both")
+    names = model_names(args.model_name)
+    if args.model_base_path or args.model_config_file:
+        _check_started_server(args, names)
         return protocols, levels
     if args.server_args:
         raise ValueError("--server-args is for the server started with --model-base-path")
@@ -141,6 +156,16 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     if args.protocols and missing:
         raise ValueError(f"--protocols asks for {', '.join(missing)} but no address was given for it")
     return [p for p in protocols if where[p]], levels
+
+
+def _check_started_server(args: argparse.Namespace, names: list[str]) -> None:
+    """The options of a server started here: a repository of one model, or a models file."""
+    if args.rest or args.grpc or args.server_pid:
+        raise ValueError("give --model-base-path, or a running server's --rest/--grpc, not both")
+    if args.model_base_path and args.model_config_file:
+        raise ValueError("give --model-base-path or --model-config-file, not both")
+    if args.model_base_path and len(names) > 1:
+        raise ValueError("--model-base-path serves one model: name several with --model-config-file")
 
 
 def _address(args: argparse.Namespace, path: str) -> str | None:
@@ -270,6 +295,7 @@ def level_result(
     if total is None:
         raise RuntimeError(f"{stats_file} has no Aggregated row")
     live = read_live_stats(live_file)
+    models = model_shares(protocol, users, live["summary"].get(protocol, {}))
     # Locust's final totals, as the locustfile recorded them at quit; its CSV can be a second old.
     final = live.get("locust") or {}
     requests = int(final.get("requests", total["Request Count"]))
@@ -308,22 +334,43 @@ def level_result(
         server_cpu_us_per_image=per_request(server_cpu_s) / images_per_request,
         load_average=os.getloadavg()[0],
         locust_exit_code=exit_code,
+        models=models,
     )
 
 
-def check_server(args: argparse.Namespace, protocols: list[str]) -> None:
-    """Fail fast, in one line, when a server is absent or its model is not AVAILABLE."""
-    spec = ModelSpec(name=args.model_name)
-    for protocol in protocols:
-        path, where = PATHS[protocol], _address(args, protocol)
-        with connect(
-            spec=spec, protocol=path.protocol, timeout=args.timeout, **{path.transport: where}
-        ) as client:
-            ready = client.ready()
-        if not ready:
-            raise Unavailable(
-                f"model {args.model_name} has no AVAILABLE version at {where}", protocol=protocol
+def model_shares(protocol: str, users: int, summary: dict) -> list[ModelShare]:
+    """Each model's share of one level, from its live statistics (one row per model addressed)."""
+    shares = []
+    for model, share in summary.get("models", {}).items():
+        latency = share.get("latency_ms", {})
+        shares.append(
+            ModelShare(
+                protocol=protocol,
+                users=users,
+                model=model,
+                requests=int(share.get("requests", 0)),
+                answers=int(share.get("answers", 0)),
+                wrong_digits=int(share.get("wrong", 0)),
+                live_accuracy=math.nan if share.get("accuracy") is None else float(share["accuracy"]),
+                p50_ms=math.nan if latency.get("p50") is None else float(latency["p50"]),
+                p99_ms=math.nan if latency.get("p99") is None else float(latency["p99"]),
             )
+        )
+    return shares
+
+
+def check_server(args: argparse.Namespace, protocols: list[str]) -> None:
+    """Fail fast, in one line, when a server is absent or a model named is not AVAILABLE."""
+    for name in model_names(args.model_name):
+        for protocol in protocols:
+            path, where = PATHS[protocol], _address(args, protocol)
+            spec = ModelSpec(name=name)
+            with connect(
+                spec=spec, protocol=path.protocol, timeout=args.timeout, **{path.transport: where}
+            ) as client:
+                ready = client.ready()
+            if not ready:
+                raise Unavailable(f"model {name} has no AVAILABLE version at {where}", protocol=protocol)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -332,9 +379,16 @@ def run_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     server: StartedServer | None = None
-    if args.model_base_path:
-        print(f"bench: starting the server over {args.model_base_path} ...", flush=True)
-        server = start_server(args.model_base_path, args.model_name, out / "server.log", args.server_args)
+    served = args.model_base_path or args.model_config_file
+    if served:
+        print(f"bench: starting the server over {served} ...", flush=True)
+        server = start_server(
+            args.model_base_path,
+            model_names(args.model_name),
+            out / "server.log",
+            args.server_args,
+            model_config_file=args.model_config_file,
+        )
         args.rest, args.grpc, args.server_pid = server.rest_url, server.grpc_target, server.pid
     try:
         check_server(args, protocols)
@@ -344,12 +398,14 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"bench: stopping the server (exit status {server.stop()})", flush=True)
     batch = args.images_per_request
     generator = f"{args.workers} Locust worker process(es) + master" if args.workers else "one Locust process"
-    which = f"our server started over {args.model_base_path}" if server else "the server"
+    which = f"our server started over {served}" if server else "the server"
+    models = model_names(args.model_name)
+    spread = f"; requests spread round-robin over {', '.join(models)}" if len(models) > 1 else ""
     cpu = "server CPU = its process tree's user+sys time" if args.server_pid else "server CPU not measured"
     header = (
         f"Benchmark: {', '.join(protocols)} at {', '.join(map(str, levels))} closed-loop users, "
         f"{args.duration:g} s each, {generator}, {os.cpu_count()} CPU cores shared with {which}; "
-        f"{batch} MNIST test digit{'s' if batch > 1 else ''} per request; {cpu}."
+        f"{batch} MNIST test digit{'s' if batch > 1 else ''} per request{spread}; {cpu}."
     )
     csv_path, md_path, png_path = write_report(results, out, header)
     print(md_path.read_text())

@@ -11,6 +11,9 @@ Run it alone, or as master + workers (what the Kubernetes manifests run), from t
       --host http://127.0.0.1:8501 --grpc-target 127.0.0.1:8500 --mnist-dir data/mnist \
       --live-stats-file reports/live.json RestDigitsUser GrpcDigitsUser
 
+  # the same, spreading the requests over two models of the server
+  locust -f loadtest/locust_bench/locustfile.py ... --model-name lenet5,lenet5-ensemble RestDigitsUser
+
   locust -f loadtest/locust_bench/locustfile.py --master --expect-workers 2 --headless ...   # + the same args
   locust -f loadtest/locust_bench/locustfile.py --worker --master-host MASTER                # x2
 
@@ -78,7 +81,12 @@ def _add_arguments(parser) -> None:  # noqa: ANN001  (Locust's configargparse pa
         env_var="LOCUST_IMAGES_PER_REQUEST",
         help=f"digits per predict request (1..{contract.MAX_BATCH_SIZE}; default 1)",
     )
-    group.add_argument("--model-name", default=contract.MODEL_NAME, env_var="LOCUST_MODEL_NAME")
+    group.add_argument(
+        "--model-name",
+        default=contract.MODEL_NAME,
+        env_var="LOCUST_MODEL_NAME",
+        help="the model, or comma-separated models: each user sends to them in turn (round-robin)",
+    )
     group.add_argument("--request-timeout", type=float, default=10.0, help="gRPC deadline per call, seconds")
     group.add_argument(
         "--live-stats-file",
@@ -96,9 +104,9 @@ def _cpu_seconds() -> float:
 def _encode_for_run(environment: Environment) -> None:
     """The digit pool, with the requests of the run's user classes encoded (only those: a run of
     one path does not pay for encoding the others)."""
-    pool = DigitPool.get(environment)
-    for user_class in environment.user_classes:
-        pool.encoded(user_class.protocol)
+    for pool in DigitPool.for_models(environment):
+        for user_class in environment.user_classes:
+            pool.encoded(user_class.protocol)
 
 
 class DigitsPlugin:
@@ -136,10 +144,13 @@ class DigitsPlugin:
         except DataError as exc:
             log.info("MNIST digits not loaded yet (%s); will load at test start", exc)
 
-    def on_request(self, request_type: str, name: str, response_time: float, **_kw: object) -> None:
-        # The row name says the path; a request of another name counts by its transport.
+    def on_request(
+        self, request_type: str, name: str, response_time: float, context: dict | None = None, **_kw: object
+    ) -> None:
+        # The row name says the path; a request of another name counts by its transport. The
+        # context names the model the request addressed (our users set it).
         path = PATH_BY_NAME.get(name) or (GRPC if request_type == GRPC else REST)
-        self.stats.latency(path, response_time)
+        self.stats.latency(path, response_time, model=(context or {}).get("model"))
 
     def on_report_to_master(self, client_id: str, data: dict) -> None:
         data[REPORT_KEY] = self.stats.take()

@@ -1,17 +1,18 @@
 """The benchmark's results and report files: one :class:`LevelResult` per protocol and level.
 
 ``write_report`` writes ``report.csv`` (every field), ``report.md`` (a header saying how the run
-was made, then one table row per level) and ``latency.png`` (latency percentiles and throughput
-against concurrency). Nothing here talks to a server or starts Locust. A level without requests
-(the benchmark stops at one, :class:`loadtest.checks.NoRequests`) is never plotted: it has no
-latency to put on a log scale; report.md names it instead.
+was made, then one table row per level, and, when the users addressed several models, a table of
+each model's share: ``report-models.csv`` holds it too) and ``latency.png`` (latency percentiles
+and throughput against concurrency). Nothing here talks to a server or starts Locust. A level
+without requests (the benchmark stops at one, :class:`loadtest.checks.NoRequests`) is never
+plotted: it has no latency to put on a log scale; report.md names it instead.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import matplotlib.ticker
@@ -47,6 +48,22 @@ class LevelResult:
     server_cpu_us_per_image: float
     load_average: float  # the machine's 1-minute load at the end: others' work shows here
     locust_exit_code: int
+    models: list[ModelShare] = field(default_factory=list)  # each model's share, when several
+
+
+@dataclass
+class ModelShare:
+    """One model's share of a level whose users spread their requests over several models."""
+
+    protocol: str
+    users: int
+    model: str
+    requests: int
+    answers: int
+    wrong_digits: int
+    live_accuracy: float
+    p50_ms: float
+    p99_ms: float
 
 
 # (field, markdown title, format); the batch columns only when some request carried several images
@@ -71,6 +88,17 @@ COLUMNS = [
     ("load_average", "load avg (1 min)", "{:.1f}"),
 ]
 BATCH_ONLY = {"images_per_request", "images_per_s", "server_cpu_us_per_image"}
+MODEL_COLUMNS = [
+    ("protocol", "protocol", "{}"),
+    ("users", "users", "{}"),
+    ("model", "model", "{}"),
+    ("requests", "requests", "{}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("live_accuracy", "live accuracy", "{:.4f}"),
+    ("wrong_digits", "wrong digits", "{}"),
+]
+LEVEL_FIELDS = [f.name for f in fields(LevelResult) if f.name != "models"]
 
 
 def _cell(fmt: str, value: object) -> str:
@@ -81,25 +109,40 @@ def _cell(fmt: str, value: object) -> str:
 
 def markdown_table(results: list[LevelResult]) -> str:
     batched = any(r.images_per_request > 1 for r in results)
-    columns = [c for c in COLUMNS if batched or c[0] not in BATCH_ONLY]
+    return _table([c for c in COLUMNS if batched or c[0] not in BATCH_ONLY], results)
+
+
+def _table(columns: list[tuple[str, str, str]], rows: list) -> str:
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |"]
     lines.append("|" + "|".join("---" for _ in columns) + "|")
-    for r in results:
+    for r in rows:
         lines.append("| " + " | ".join(_cell(fmt, getattr(r, key)) for key, _, fmt in columns) + " |")
     return "\n".join(lines)
+
+
+def model_shares(results: list[LevelResult]) -> list[ModelShare]:
+    """Every level's per-model rows, where its users addressed more than one model."""
+    return [share for r in results if len(r.models) > 1 for share in r.models]
 
 
 def write_report(results: list[LevelResult], out: Path, header: str) -> tuple[Path, Path, Path]:
     """report.csv, report.md and latency.png in ``out``."""
     csv_path, md_path, png_path = out / "report.csv", out / "report.md", out / "latency.png"
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(LevelResult)])
+        writer = csv.DictWriter(f, fieldnames=LEVEL_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in results:
             writer.writerow(asdict(r))
     empty = [f"{r.protocol} u={r.users}" for r in results if not _plottable(r)]
     note = f"\n(not plotted: no requests at {', '.join(empty)})\n" if empty else ""
-    md_path.write_text(f"{header}\n\n{markdown_table(results)}\n{note}")
+    shares = model_shares(results)
+    per_model = f"\nPer model:\n\n{_table(MODEL_COLUMNS, shares)}\n" if shares else ""
+    if shares:
+        with open(out / "report-models.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[column.name for column in fields(ModelShare)])
+            writer.writeheader()
+            writer.writerows(asdict(share) for share in shares)
+    md_path.write_text(f"{header}\n\n{markdown_table(results)}\n{per_model}{note}")
     plot(results, png_path)
     return csv_path, md_path, png_path
 

@@ -5,6 +5,9 @@
 * Latency: Locust rounds response times below 100 ms to whole milliseconds, too coarse for a
   small model's answers. Every request event is also put into a log-bucketed histogram
   (1 % wide buckets), which merges exactly across processes.
+* Per model: when the users spread their requests over several models, each protocol's answers
+  and latency are also kept per model (the model a request addressed rides in its event's
+  ``context``), beside the protocol's totals.
 
 In distributed mode each worker sends its counts since the last report with Locust's
 ``report_to_master`` event and the master merges them on ``worker_report``; the master (or a
@@ -118,30 +121,37 @@ class ProtocolStats:
 
 
 class LiveStats:
-    """Per-protocol live accuracy and latency of one process (or, on the master, of all)."""
+    """Per-protocol (and per protocol and model) live accuracy and latency of one process (or, on
+    the master, of all)."""
 
     def __init__(self) -> None:
         self.protocols: dict[str, ProtocolStats] = {}
+        self.models: dict[str, dict[str, ProtocolStats]] = {}  # protocol -> model -> its share
         # CPU seconds the Locust processes (users and master) spent between test start and stop:
         # the load generator's own cost, reported beside the results it produced.
         self.generator_cpu_s = 0.0
         self.generator_processes = 0
 
-    def _for(self, protocol: str) -> ProtocolStats:
-        return self.protocols.setdefault(protocol, ProtocolStats())
+    def _for(self, protocol: str, model: str | None = None) -> list[ProtocolStats]:
+        """The protocol's totals, and its model's share when the model is known."""
+        totals = self.protocols.setdefault(protocol, ProtocolStats())
+        if model is None:
+            return [totals]
+        return [totals, self.models.setdefault(protocol, {}).setdefault(model, ProtocolStats())]
 
-    def answer(self, protocol: str, *, index: int, label: int, digit: int) -> None:
+    def answer(self, protocol: str, *, index: int, label: int, digit: int, model: str | None = None) -> None:
         """Count one answer that came back well-formed; wrong digits are kept apart."""
-        stats = self._for(protocol)
-        if digit == label:
-            stats.correct += 1
-            return
-        stats.wrong += 1
-        if len(stats.wrong_examples) < _MAX_WRONG_EXAMPLES:
-            stats.wrong_examples.append({"index": index, "label": label, "digit": digit})
+        for stats in self._for(protocol, model):
+            if digit == label:
+                stats.correct += 1
+                continue
+            stats.wrong += 1
+            if len(stats.wrong_examples) < _MAX_WRONG_EXAMPLES:
+                stats.wrong_examples.append({"index": index, "label": label, "digit": digit})
 
-    def latency(self, protocol: str, response_time_ms: float) -> None:
-        self._for(protocol).latency.add(response_time_ms)
+    def latency(self, protocol: str, response_time_ms: float, model: str | None = None) -> None:
+        for stats in self._for(protocol, model):
+            stats.latency.add(response_time_ms)
 
     def add_generator_cpu(self, seconds: float) -> None:
         """One process's CPU time over the test (called once per process, at test stop)."""
@@ -151,6 +161,10 @@ class LiveStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "protocols": {name: stats.to_dict() for name, stats in self.protocols.items()},
+            "models": {
+                protocol: {model: stats.to_dict() for model, stats in models.items()}
+                for protocol, models in self.models.items()
+            },
             "generator_cpu_s": self.generator_cpu_s,
             "generator_processes": self.generator_processes,
         }
@@ -159,35 +173,30 @@ class LiveStats:
         """The counts since the last call, for a worker's report to the master."""
         data = self.to_dict()
         self.protocols = {}
+        self.models = {}
         self.generator_cpu_s = 0.0
         self.generator_processes = 0
         return data
 
     def merge(self, data: dict[str, Any]) -> None:
         for name, stats in data.get("protocols", {}).items():
-            self._for(name).merge(stats)
+            self._for(name)[0].merge(stats)
+        for name, models in data.get("models", {}).items():
+            for model, stats in models.items():
+                self._for(name, model)[1].merge(stats)
         self.generator_cpu_s += float(data.get("generator_cpu_s", 0.0))
         self.generator_processes += int(data.get("generator_processes", 0))
 
     def summary(self) -> dict[str, Any]:
-        """Per protocol: answers, correct, wrong, accuracy and latency percentiles (ms)."""
+        """Per protocol: answers, correct, wrong, accuracy and latency percentiles (ms), and the
+        same per model under ``models`` (empty when no request named its model)."""
         out: dict[str, Any] = {}
         for name, stats in sorted(self.protocols.items()):
-            hist = stats.latency
+            models = self.models.get(name, {})
             out[name] = {
-                "answers": stats.answers,
-                "correct": stats.correct,
-                "wrong": stats.wrong,
-                "accuracy": stats.accuracy(),
-                "requests": hist.count,
-                "latency_ms": {
-                    "mean": hist.mean(),
-                    "p50": hist.percentile(50),
-                    "p90": hist.percentile(90),
-                    "p99": hist.percentile(99),
-                    "max": hist.max_ms,
-                },
+                **_summary(stats),
                 "wrong_examples": stats.wrong_examples,
+                "models": {model: _summary(share) for model, share in sorted(models.items())},
             }
         return out
 
@@ -208,6 +217,25 @@ class LiveStats:
             document["locust"] = locust_totals
         # NaN is not JSON; a protocol without answers has accuracy null
         path.write_text(json.dumps(_nan_to_none(document), indent=2) + "\n")
+
+
+def _summary(stats: ProtocolStats) -> dict[str, Any]:
+    """Answers, accuracy and latency percentiles (ms) of one protocol, or of one model's share."""
+    hist = stats.latency
+    return {
+        "answers": stats.answers,
+        "correct": stats.correct,
+        "wrong": stats.wrong,
+        "accuracy": stats.accuracy(),
+        "requests": hist.count,
+        "latency_ms": {
+            "mean": hist.mean(),
+            "p50": hist.percentile(50),
+            "p90": hist.percentile(90),
+            "p99": hist.percentile(99),
+            "max": hist.max_ms,
+        },
+    }
 
 
 def _nan_to_none(value: Any) -> Any:

@@ -9,6 +9,10 @@
   JSON tensors, and :class:`V2GrpcDigitsUser` calls V2's gRPC ``ModelInfer`` with
   ``raw_input_contents``: the same server, the same data plane, four wire paths side by side.
 
+``--model-name`` may name several models (comma-separated): each user then spreads its requests
+over them round-robin, one :class:`DigitPool` per model, and every request event carries its
+model in ``context`` so the statistics are kept per model too.
+
 A protocol error (HTTP/gRPC error status, an answer not shaped like TF Serving's) is a Locust
 failure; a well-formed answer with the wrong digit is a success for Locust and is counted in
 :mod:`loadtest.locust_bench.stats` as live accuracy instead. Users are closed-loop (no wait): the number
@@ -55,6 +59,7 @@ from client.v2_rest_client import parse_infer_response as parse_v2_rest_answer  
 from contract import v2  # noqa: E402
 from contract.errors import DigitsError, ProtocolError  # noqa: E402
 from contract.mnist import load_split, to_model_input  # noqa: E402
+from loadtest.checks import model_names  # noqa: E402
 from loadtest.locust_bench.stats import LiveStats  # noqa: E402
 from loadtest.paths import GRPC, PATHS, REST, V2_GRPC, V2_JSON, V2_REST  # noqa: E402
 
@@ -157,13 +162,19 @@ class DigitPool:
         return self.encoded(GRPC)
 
     @classmethod
-    def get(cls, environment: Environment) -> DigitPool:
+    def get(cls, environment: Environment, model: str | None = None) -> DigitPool:
+        """The process's pool for ``model`` (default: the first model of ``--model-name``)."""
         opts = options(environment)
-        spec = ModelSpec(name=opts.model_name)
+        spec = ModelSpec(name=model or model_names(opts.model_name)[0])
         key = (opts.mnist_dir, int(opts.mnist_sample), spec, int(opts.images_per_request))
         if key not in cls._cache:
             cls._cache[key] = cls(opts.mnist_dir, int(opts.mnist_sample), spec, int(opts.images_per_request))
         return cls._cache[key]
+
+    @classmethod
+    def for_models(cls, environment: Environment) -> list[DigitPool]:
+        """One pool per model of ``--model-name``, in its order."""
+        return [cls.get(environment, model) for model in model_names(options(environment).model_name)]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -191,22 +202,32 @@ _ENCODERS: dict[str, Callable[[np.ndarray, ModelSpec], Any]] = {
 
 
 class _DigitsUserMixin:
-    """Takes the next request of the process's walk through the pool.
+    """Takes the next request: of the next model (round-robin over ``--model-name``'s models),
+    from the process's walk through that model's pool.
 
-    One walk per process, not one per user: whatever the run's length, the digits sent are the
-    first N of the same fixed sample, so live accuracy is reproducible rather than depending on
-    which window of the sample each user happened to start at.
+    One walk per process and model, not one per user: whatever the run's length, the digits sent
+    to a model are the first N of the same fixed sample, so live accuracy is reproducible rather
+    than depending on which window of the sample each user happened to start at.
     """
 
     environment: Environment
     protocol = ""
 
-    pool: DigitPool | None = None
+    pools: list[DigitPool] | None = None
+    pool: DigitPool | None = None  # the pool of the request being sent
+    _turn = 0
 
     def _next(self) -> int:
-        if self.pool is None:  # looked up once per user, not on every send
-            self.pool = DigitPool.get(self.environment)
+        if self.pools is None:  # looked up once per user, not on every send
+            self.pools = DigitPool.for_models(self.environment)
+        self.pool = self.pools[self._turn % len(self.pools)]
+        self._turn += 1
         return self.pool.next_request()
+
+    @property
+    def model(self) -> str | None:
+        """The model of the request being sent."""
+        return None if self.pool is None else self.pool.spec.name
 
     def _count(self, request: int, digits: np.ndarray) -> None:
         stats = live_stats(self.environment)
@@ -216,6 +237,7 @@ class _DigitsUserMixin:
                 index=int(self.pool.indices[position]),
                 label=self.pool.labels[position],
                 digit=int(digit),
+                model=self.model,
             )
 
 
@@ -234,6 +256,7 @@ class RestDigitsUser(_DigitsUserMixin, FastHttpUser):
             headers={"Content-Type": "application/json"},
             name=REST_NAME,
             catch_response=True,
+            context={"model": self.model},
         ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {_error_text(response)}")
@@ -259,12 +282,19 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
     """Fires Locust's ``request`` event for every unary call on the channel.
 
     ``check`` validates a successful answer; if it raises, the call is reported as a failure
-    (a malformed answer is a protocol error even when the status was OK).
+    (a malformed answer is a protocol error even when the status was OK). ``context`` gives the
+    event's context (the model the call addressed).
     """
 
-    def __init__(self, environment: Environment, check: Callable[[str, Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        environment: Environment,
+        check: Callable[[str, Any], None] | None = None,
+        context: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.environment = environment
         self.check = check
+        self.context = context
 
     def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001
         start = time.perf_counter()
@@ -288,7 +318,7 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
             response_time=elapsed_ms,
             response_length=response_length,
             exception=exception,
-            context={},
+            context=self.context() if self.context is not None else {},
         )
         return call
 
@@ -307,13 +337,16 @@ class _GrpcDigitsUser(_DigitsUserMixin, User):
 
     def on_start(self) -> None:
         opts = options(self.environment)
-        self.grpc_client = self.client_class(
+        self.grpc_client = self.client_class(  # its requests name their model: built by DigitPool
             grpc_target(opts.grpc_target, self.host),
-            ModelSpec(name=opts.model_name),
+            ModelSpec(name=model_names(opts.model_name)[0]),
             timeout=float(opts.request_timeout),
-            interceptors=[LocustInterceptor(self.environment, self._check_answer)],
+            interceptors=[LocustInterceptor(self.environment, self._check_answer, self._context)],
         )
         self._answer: Prediction | None = None
+
+    def _context(self) -> dict[str, Any]:
+        return {"model": self.model}
 
     def _check_answer(self, method: str, response: Any) -> None:
         """Decode the answer once, inside the timed call: a malformed one is a Locust failure."""
@@ -371,7 +404,12 @@ class V2RestDigitsUser(_DigitsUserMixin, FastHttpUser):
         request = self._next()
         body, headers = self.pool.encoded(self.protocol)[request]
         with self.client.post(
-            self.pool.v2_path, data=body, headers=headers, name=self.stats_name, catch_response=True
+            self.pool.v2_path,
+            data=body,
+            headers=headers,
+            name=self.stats_name,
+            catch_response=True,
+            context={"model": self.model},
         ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {_error_text(response)}")

@@ -70,10 +70,17 @@ _COUNTER = re.compile(r"^serving_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model-base-path", required=True, metavar="DIR", help="the model repository both servers serve"
+    models = parser.add_argument_group("the model (a repository, or a config file of several)")
+    served = models.add_mutually_exclusive_group(required=True)
+    served.add_argument("--model-base-path", metavar="DIR", help="the model repository both servers serve")
+    served.add_argument(
+        "--model-config-file",
+        metavar="FILE",
+        help="both servers serve the models of this file (TF Serving's ModelServerConfig text format)",
     )
-    parser.add_argument("--model-name", default=contract.MODEL_NAME)
+    models.add_argument(
+        "--model-name", default=contract.MODEL_NAME, help="the model measured (default %(default)s)"
+    )
     parser.add_argument(
         "--server-args",
         default="",
@@ -340,7 +347,12 @@ def start_servers(args: argparse.Namespace, out: Path) -> list[tuple[str, Starte
     )
     flags = f" with `{args.server_args}`" if args.server_args else ""
     server = start_server(
-        args.model_base_path, args.model_name, out / "server-new.log", args.server_args, source=source
+        args.model_base_path,
+        args.model_name,
+        out / "server-new.log",
+        args.server_args,
+        source=source,
+        model_config_file=args.model_config_file,
     )
     started.append((NEW, server, described + flags))
     if args.baseline_rev or args.baseline_source or args.baseline_server_args is not None:
@@ -352,7 +364,12 @@ def start_servers(args: argparse.Namespace, out: Path) -> list[tuple[str, Starte
             source, what = Path(args.baseline_source).resolve(), f"source tree {args.baseline_source}"
         flags = args.server_args if args.baseline_server_args is None else args.baseline_server_args
         server = start_server(
-            args.model_base_path, args.model_name, out / "server-baseline.log", flags, source=source
+            args.model_base_path,
+            args.model_name,
+            out / "server-baseline.log",
+            flags,
+            source=source,
+            model_config_file=args.model_config_file,
         )
         started.append((BASELINE, server, what + (f" with `{flags}`" if flags else "")))
     return started  # fmt: skip
@@ -371,7 +388,7 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
         {s.images for s in scenarios}, args.mnist_dir, ModelSpec(name=args.model_name), out / "work"
     )
     load_start = os.getloadavg()
-    print(f"perf: starting the server(s) over {args.model_base_path} ...", flush=True)
+    print(f"perf: starting the server(s) over {_served(args)} ...", flush=True)
     servers = start_servers(args, out)
     try:
         rounds = measure(servers, scenarios, inputs, args, out / "work")
@@ -454,6 +471,11 @@ def load_baseline(path: Path) -> list[Round]:
     return rows
 
 
+def _served(args: argparse.Namespace) -> str:
+    """What the servers serve: the model repository or the models config file."""
+    return args.model_base_path or f"the models of {args.model_config_file}"
+
+
 def _header(
     args: argparse.Namespace, argv: list[str], new: str, baseline: str | None, load_start: tuple
 ) -> str:
@@ -465,7 +487,7 @@ def _header(
         f"- date: {now}; machine: {machine()}; load average (1/5/15 min) {start} at the start, "
         f"{end} at the end",
         f"- command: `python -m loadtest perf {shlex.join(argv)}`",
-        f"- new: {new}; baseline: {baseline or 'none'}; model: {args.model_base_path}",
+        f"- new: {new}; baseline: {baseline or 'none'}; model: {args.model_name} of {_served(args)}",
         f"- load: {_tool_version(['wrk', '--version'])} for REST (one thread; POST of TF Serving's "
         "row-format JSON to `:predict`, of a V2 JSON body (`v2-json`) or a V2 binary-extension body "
         f"(`v2-rest`) to `/v2/models/M/infer`), {_tool_version(['h2load', '--version'])} for gRPC "

@@ -8,8 +8,9 @@ The page is plain files in ``serving/rest/web/`` (package data; no build step, n
 origin). They are read once, through ``importlib.resources``, when the app is built: the server
 writes nothing, so a read-only root filesystem is fine. The page preprocesses pictures in the
 browser exactly as ``client/images.py`` does and calls the public REST API any client calls
-(model status for the version, ``:predict`` for the answer): this module serves files and
-nothing else.
+(the V2 repository index for the models to pick from, model status for the version,
+``:predict`` for the answer): this module serves files and nothing else. The model the page is
+served for is its default choice, and the only one when the server has no repository index.
 
 Caching: ``{bundle}`` is a hash of all the asset files, so an asset URL never changes meaning;
 assets are cached for a year as immutable, and a new release is a new URL. The page itself is
@@ -38,6 +39,7 @@ from contract import (
     OUTPUT_PROBABILITIES,
     REST_MODELS_PREFIX,
     SIGNATURE_NAME,
+    v2,
 )
 
 ASSETS_PATH = "/web"
@@ -103,10 +105,13 @@ def bundle_version(assets: dict[str, bytes]) -> str:
 
 
 def page_config(model_name: str) -> dict:
-    """What the page's script needs from the contract (stated once, in ``contract``)."""
+    """What the page's script needs from the contract (stated once, in ``contract``); ``model``:
+    the model picked when the page opens."""
     return {
         "model": model_name,
         "modelsPrefix": REST_MODELS_PREFIX,
+        "repositoryIndex": v2.REPOSITORY_INDEX_PATH,
+        "readyState": v2.INDEX_READY,
         "signature": SIGNATURE_NAME,
         "input": INPUT_NAME,
         "outputs": {"probabilities": OUTPUT_PROBABILITIES, "digit": OUTPUT_DIGIT},
@@ -120,7 +125,7 @@ def _typed(name: str, body: bytes) -> StaticFile:
 
 
 def blueprint(model_name: str = MODEL_NAME) -> Blueprint:
-    """The page's routes for a server of ``model_name`` (its files read now, once)."""
+    """The page's routes, ``model_name`` picked when it opens (its files read now, once)."""
     files = read_files()
     template = files.pop(PAGE).decode()
     assets = {name: _typed(name, body) for name, body in files.items()}

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 from deploy_support import IMAGES, K8S, ROOT, container_port, flag_values, last, pyproject
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 
 import contract
 from contract import v2
@@ -41,6 +43,12 @@ SERVER = {"gpu": ("digits-serving", "server"), "kind": ("digits-serving", "serve
 NAMESPACE = "digits"
 MODEL_STATUS_PATH = f"{contract.REST_MODELS_PREFIX}/{contract.MODEL_NAME}"
 MODEL_BASE_PATH = str(PurePosixPath("/") / PurePosixPath(*contract.DEFAULT_MODEL_BASE_PATH.parts))
+# The models the servers serve (base/models-configmap.yaml), each base path /models/<name>.
+SERVED_MODELS = (contract.MODEL_NAME, "lenet5-ensemble")
+MODELS_CONFIG_FILE = "/etc/digits/models.config"
+# Grid Job -> (its grid, the export Job that waits for it and publishes its model, that model).
+GRIDS = {"digits-train-grid": ("lab", "digits-export", contract.MODEL_NAME),
+         "digits-train-ensemble": ("ensemble", "digits-export-ensemble", "lenet5-ensemble")}
 VERSION = pyproject()["project"]["version"]
 WORKLOAD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet"}
 # Containers without probes, and why: a Locust worker has no port; it exits by itself when it
@@ -178,10 +186,33 @@ def test_grid_job_command_parses_and_every_index_is_a_run(root: str, monkeypatch
 
 
 @pytest.mark.parametrize("root", OVERLAYS)
-def test_gpu_only_in_gpu_overlays_and_only_for_training(root: str) -> None:
+def test_ensemble_grid_job_runs_every_member_as_the_lab_grid_runs_its_runs(
+    root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab, job = get(root, "Job", "digits-train-grid"), get(root, "Job", "digits-train-ensemble")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == len(grid("ensemble"))
+    assert 0 <= job["spec"]["maxFailedIndexes"] < job["spec"]["completions"]
+    assert job["spec"]["podFailurePolicy"] == lab["spec"]["podFailurePolicy"]
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", str(job["spec"]["completions"] - 1))
+    args = build_parser().parse_args(container(job, "train")["args"])
+    assert (args.command, args.grid) == ("run", "ensemble")
+    run_config(args.grid, args.index)
+    with pytest.raises(IndexError):
+        run_config(args.grid, args.index + 1)
+    lab_args = build_parser().parse_args(container(lab, "train")["args"])
+    assert args.runs_dir == lab_args.runs_dir, "both grids on the work volume, side by side"
+    # Everything but the grid and its size is the lab grid's Job: data prep, volumes, security.
+    assert container(job, "fetch-mnist") == container(lab, "fetch-mnist")
+    assert job["spec"]["template"]["spec"]["volumes"] == lab["spec"]["template"]["spec"]["volumes"]
+
+
+@pytest.mark.parametrize("grid_job", GRIDS)
+@pytest.mark.parametrize("root", OVERLAYS)
+def test_gpu_only_in_gpu_overlays_and_only_for_training(root: str, grid_job: str) -> None:
     from training.devices import REQUIRE_GPU_ENV, gpu_required
 
-    job = get(root, "Job", "digits-train-grid")
+    job = get(root, "Job", grid_job)
     spec, train = job["spec"]["template"]["spec"], container(job, "train")
     if root in GPU_OVERLAYS:
         assert str(train["resources"]["limits"]["nvidia.com/gpu"]) == "1"
@@ -197,12 +228,12 @@ def test_gpu_only_in_gpu_overlays_and_only_for_training(root: str) -> None:
     # training image's other containers run its CPU build (no 4.4 GB of CUDA wheels to pull).
     for _, pod_name, pod, _ in all_pods():
         for c in containers(pod):
-            if (pod_name, c["name"]) != ("digits-train-grid", "train"):
+            if not (pod_name in GRIDS and c["name"] == "train"):
                 assert "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {}), (pod_name, c["name"])
-    for pod_name in ("digits-train-grid", "digits-export"):
+    for pod_name in (*GRIDS, *(export for _, export, _ in GRIDS.values())):
         pod = get(root, "Job", pod_name)["spec"]["template"]["spec"]
         for c in containers(pod):
-            gpu_build_allowed = (pod_name, c["name"]) == ("digits-train-grid", "train")
+            gpu_build_allowed = pod_name in GRIDS and c["name"] == "train"
             if c["image"].startswith("digits-train:") and not gpu_build_allowed:
                 assert c["image"].endswith("-cpu"), (root, pod_name, c["name"], c["image"])
     if root not in GPU_OVERLAYS:
@@ -226,16 +257,17 @@ def test_data_prep_fetches_mnist_where_the_runs_read_it(root: str) -> None:
 
 
 # --- The pipeline chains itself: export waits for the grid in the cluster -----------------------------
+@pytest.mark.parametrize("grid_job", GRIDS)
 @pytest.mark.parametrize("root", OVERLAYS)
-def test_export_waits_for_the_grid_job_with_kubectl_under_least_privilege(root: str) -> None:
-    export = get(root, "Job", "digits-export")
+def test_export_waits_for_the_grid_job_with_kubectl_under_least_privilege(root: str, grid_job: str) -> None:
+    export = get(root, "Job", GRIDS[grid_job][1])
     spec = export["spec"]["template"]["spec"]
     wait = spec["initContainers"][0]
     assert wait["name"] == "wait-for-grid", "the first init container blocks until the grid is done"
     image, _, tag = wait["image"].partition(":")
     assert image == "registry.k8s.io/kubectl" and re.fullmatch(r"v\d+\.\d+\.\d+", tag)
     assert "command" not in wait, "the image's entrypoint is kubectl"
-    grid_name = get(root, "Job", "digits-train-grid")["metadata"]["name"]
+    grid_name = get(root, "Job", grid_job)["metadata"]["name"]
     assert wait["args"][:3] == ["wait", "--for=condition=Complete", f"job/{grid_name}"]
     timeout = [a for a in wait["args"] if a.startswith("--timeout=")]
     assert timeout and timeout[0] not in ("--timeout=0", "--timeout=0s"), "a bounded wait"
@@ -247,7 +279,7 @@ def test_export_waits_for_the_grid_job_with_kubectl_under_least_privilege(root: 
     for c in containers(spec):
         mounted = {m["name"] for m in c.get("volumeMounts", []) if m["mountPath"] == sa_path}
         assert bool(mounted & token_volumes) == (c is wait), c["name"]
-    # RBAC: the pod's ServiceAccount may read and watch the grid Job, nothing else.
+    # RBAC: the pod's ServiceAccount may read and watch the grid Jobs, nothing else.
     account = get(root, "ServiceAccount", spec["serviceAccountName"])
     assert account.get("automountServiceAccountToken") is False
     bindings = [b for b in of_kind(root, "RoleBinding")
@@ -255,37 +287,92 @@ def test_export_waits_for_the_grid_job_with_kubectl_under_least_privilege(root: 
                 in b["subjects"]]
     assert len(bindings) == 1 and bindings[0]["roleRef"]["kind"] == "Role"
     role = get(root, "Role", bindings[0]["roleRef"]["name"])
-    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "resourceNames": [grid_name],
+    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "resourceNames": list(GRIDS),
                               "verbs": ["get", "list", "watch"]}]
+    assert grid_name in role["rules"][0]["resourceNames"]
     assert not of_kind(root, "ClusterRoleBinding")
 
 
+@pytest.mark.parametrize("grid_job", GRIDS)
 @pytest.mark.parametrize("root", OVERLAYS)
-def test_export_reports_and_exports_the_grid_into_the_served_repository(root: str) -> None:
-    job = get(root, "Job", "digits-export")
+def test_export_reports_and_exports_the_grid_into_the_served_repository(root: str, grid_job: str) -> None:
+    grid_name, export_name, model = GRIDS[grid_job]
+    job = get(root, "Job", export_name)
     spec = job["spec"]["template"]["spec"]
-    grid_args = build_parser().parse_args(container(get(root, "Job", "digits-train-grid"), "train")["args"])
+    grid_args = build_parser().parse_args(container(get(root, "Job", grid_job), "train")["args"])
     report_c, export_c = container(job, "report"), container(job, "export")
     report = build_parser().parse_args(report_c["args"])
     export = build_parser().parse_args(export_c["args"])
     assert (report.command, export.command) == ("report", "export")
     for args in (report, export):
         assert (args.grid, args.runs_dir) == (grid_args.grid, grid_args.runs_dir)
+        assert args.grid == grid_name
     assert export.run is None, "export selects the best run by validation accuracy"
     assert _mount_for(spec, report_c, str(report.runs_dir))[1] == "digits-work"
-    assert export.model_base_path.name == contract.MODEL_NAME
+    assert export.model_base_path.name == model
     mount, claim = _mount_for(spec, export_c, str(export.model_base_path))
     assert claim == "digits-models" and not mount.get("readOnly")
     relative = PurePosixPath(export.model_base_path).relative_to(mount["mountPath"])
     # The serving rollout is the server noticing the new version on the volume it reads.
     name, server_name = SERVER[root]
     server = get(root, "Deployment", name)
-    served = flag_values(container(server, server_name)["args"])["model_base_path"]
+    served = _served_base_paths(root)[model]
     server_mount, server_claim = _mount_for(server["spec"]["template"]["spec"],
                                             container(server, server_name), served)
     assert server_claim == claim, f"{name} reads another volume than export writes"
     assert PurePosixPath(served).relative_to(server_mount["mountPath"]) == relative
     assert float(flag_values(container(server, server_name)["args"])["file_system_poll_wait_seconds"]) > 0
+
+
+def _models_config(root: str) -> tuple[model_server_config_pb2.ModelServerConfig, dict, dict]:
+    """The model server's --model_config_file parsed as TF Serving parses it (text format), with
+    the volume mount and the volume it is read from."""
+    name, server_name = SERVER[root]
+    deployment = get(root, "Deployment", name)
+    spec, server = deployment["spec"]["template"]["spec"], container(deployment, server_name)
+    path = PurePosixPath(flag_values(server["args"])["model_config_file"])
+    mount = next(m for m in server["volumeMounts"] if m["mountPath"] == str(path.parent))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    text = get(root, "ConfigMap", volume["configMap"]["name"])["data"][path.name]
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig()), mount, volume
+
+
+def _served_base_paths(root: str) -> dict[str, str]:
+    config, _, _ = _models_config(root)
+    return {model.name: model.base_path for model in config.model_config_list.config}
+
+
+@pytest.mark.parametrize("root", OVERLAYS)
+def test_the_models_config_is_tf_servings_format_mounted_read_only_and_reread(root: str) -> None:
+    name, server_name = SERVER[root]
+    flags = flag_values(container(get(root, "Deployment", name), server_name)["args"])
+    assert flags["model_config_file"] == MODELS_CONFIG_FILE
+    assert "model_name" not in flags and "model_base_path" not in flags, "the config file names the models"
+    # ConfigMap edits reach a mounted directory (never a subPath mount) within about a minute.
+    assert 0 < float(flags["model_config_file_poll_wait_seconds"]) <= 60
+    config, mount, volume = _models_config(root)
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    assert "items" not in volume["configMap"] or volume["configMap"]["items"]
+    served = _served_base_paths(root)
+    assert list(served) == list(SERVED_MODELS)
+    for model in config.model_config_list.config:
+        assert model.base_path == f"/models/{model.name}"
+        assert model.model_platform == "tensorflow"
+    # Every base path is one an export Job publishes into (relative to the same volume).
+    written = set()
+    for _, export_name, _ in GRIDS.values():
+        job = get(root, "Job", export_name)
+        export_c = container(job, "export")
+        path = build_parser().parse_args(export_c["args"]).model_base_path
+        mount_point = _mount_for(job["spec"]["template"]["spec"], export_c, str(path))[0]["mountPath"]
+        written.add(str(PurePosixPath(path).relative_to(mount_point)))
+    assert {str(PurePosixPath(p).relative_to("/models")) for p in served.values()} == written
+
+
+def test_the_control_api_is_off_on_our_server() -> None:
+    for root in ("gpu", "kind"):
+        flags = flag_values(_server(root)[1]["args"])
+        assert flags["model_control_mode"] == "none", "load/unload only behind a narrowed NetworkPolicy"
 
 
 @pytest.mark.parametrize("root", OVERLAYS)
@@ -319,8 +406,8 @@ def test_serving_args_are_flags_the_server_accepts_and_match_the_contract(root: 
     _, server = _server(root)
     assert "command" not in server, "the image's ENTRYPOINT is `python -m serving`"
     settings = load_settings(server["args"], environ={})  # exits (status 2) on an unknown flag
-    assert settings.model_name == contract.MODEL_NAME
-    assert settings.model_base_path == MODEL_BASE_PATH
+    assert flag_values(server["args"])["model_config_file"] == MODELS_CONFIG_FILE
+    assert _served_base_paths(root)[contract.MODEL_NAME] == MODEL_BASE_PATH
     assert settings.port == contract.GRPC_PORT
     assert settings.rest_api_port == contract.REST_PORT
     cpu_limit = float(server["resources"]["limits"]["cpu"])
@@ -405,10 +492,11 @@ def test_model_server_mounts_the_models_read_only(root: str) -> None:
     name, container_name = SERVER[root]
     deployment = get(root, "Deployment", name)
     spec, server = deployment["spec"]["template"]["spec"], container(deployment, container_name)
-    mount, claim = _mount_for(spec, server, flag_values(server["args"])["model_base_path"])
-    assert claim == "digits-models" and mount.get("readOnly") is True
-    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-    assert volume["persistentVolumeClaim"].get("readOnly") is True
+    for base_path in _served_base_paths(root).values():
+        mount, claim = _mount_for(spec, server, base_path)
+        assert claim == "digits-models" and mount.get("readOnly") is True
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["persistentVolumeClaim"].get("readOnly") is True
 
 
 # --- Scaling and disruptions ---------------------------------------------------------------------------
@@ -446,13 +534,13 @@ def test_tfserving_runs_the_same_model_with_flags_our_server_shares() -> None:
     api_version = re.search(r"^tensorflow-serving-api==(\S+)$", lock, re.M)[1]
     assert tag == api_version, "TF Serving's release should match the API stubs we test against"
     flags = flag_values(server["args"])
-    assert flags["model_name"] == contract.MODEL_NAME
-    assert flags["model_base_path"] == MODEL_BASE_PATH
+    ours = flag_values(_server("gpu")[1]["args"])
+    assert flags["model_config_file"] == ours["model_config_file"] == MODELS_CONFIG_FILE
+    assert _served_base_paths("tfserving") == _served_base_paths("gpu"), "the same models, the same paths"
     assert int(flags["port"]) == contract.GRPC_PORT
     assert int(flags["rest_api_port"]) == contract.REST_PORT
     shared = [a for a in server["args"] if not a.startswith("--monitoring_config_file=")]
-    settings = load_settings(shared, environ={})  # drop-in: the same flags mean the same to ours
-    assert (settings.model_name, settings.model_base_path) == (contract.MODEL_NAME, MODEL_BASE_PATH)
+    load_settings(shared, environ={})  # drop-in: the same flags mean the same to ours
     assert not any(d["kind"] == "Deployment" and d["metadata"]["name"] == "digits-serving"
                    for d in rendered("tfserving")), "TF Serving instead of ours, not beside it"
 

@@ -151,7 +151,8 @@ def test_cli_errors_are_one_line_with_documented_exit_codes(running_server, tmp_
     rest, grpc = ("--rest", running_server.rest_url), ("--grpc", running_server.grpc_target)
     for args, code, words in [
         (("status", *rest, "--model-version", "7"), EXIT_REJECTED, "NOT_FOUND"),
-        (("predict", sample, *grpc, "--model-name", "x"), EXIT_REJECTED, "NOT_FOUND"),
+        (("predict", sample, *grpc, "--model", "x"), EXIT_REJECTED, "NOT_FOUND"),
+        (("status", *rest, "--model-name", "x"), EXIT_REJECTED, "NOT_FOUND"),  # the older spelling
         (("status", "--grpc", "127.0.0.1:9", "--timeout", "3"), EXIT_UNREACHABLE, "UNAVAILABLE"),
         (("predict", sample, "--rest", "http://127.0.0.1:9"), EXIT_UNREACHABLE, "UNAVAILABLE"),
     ]:

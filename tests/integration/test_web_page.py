@@ -6,6 +6,8 @@
   from their pixels: at least 9 answered right, the probabilities shown sum to 1, and what the
   page says the model saw is client.images' preprocessing of the canvas as a PNG.
 - On a phone-sized viewport: a photo from client/samples/ uploaded, a digit drawn with a finger.
+- The model picker: always offers the model the page was served for, chosen; lists the ready
+  models of the server's V2 repository index (needs a server with the index).
 - The server stopped: a readable message; started again on the same port: the page recovers.
   No model version yet: a message, then the answer once one is loaded; a refused request: a
   message with the server's reason.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -33,7 +36,7 @@ import pytest
 from PIL import Image
 
 from client import images
-from contract import IMAGE_SIZE, LIVENESS_PATH, MODEL_NAME
+from contract import IMAGE_SIZE, LIVENESS_PATH, MODEL_NAME, v2
 from contract.mnist import load_split
 from tests.integration.conftest import RunningServer, copy_repository, free_port, start_server
 
@@ -385,6 +388,49 @@ def test_photo_upload_and_a_finger_on_a_phone(
     answer = settled_answer(page)
     assert answer["state"] == "answered" and answer["digit"] == str(label), answer
     screenshot(page, artifacts, "phone-drawing")
+    assert not page.problems.errors
+    page.context.close()
+
+
+PICKER = """() => {
+    const picker = document.getElementById('models');
+    return {source: picker.dataset.source || null, chosen: picker.value, disabled: picker.disabled,
+            names: [...picker.options].map((option) => option.value)};
+}"""
+
+
+def ready_models(rest_url: str) -> list[str]:
+    """The distinct model names of the server's V2 repository index, ready ones only, in order."""
+    request = urllib.request.Request(rest_url + v2.REPOSITORY_INDEX_PATH, data=b'{"ready": true}',
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        rows = json.load(response)
+    return list(dict.fromkeys(row["name"] for row in rows if row["state"] == v2.INDEX_READY))
+
+
+def test_the_picker_offers_the_pages_own_model_chosen(browser, web_server: RunningServer) -> None:
+    """Whatever the server (with the repository index or without): the page's model is offered,
+    chosen, and answers."""
+    page = open_page(browser, web_server.rest_url, **DESKTOP)
+    page.wait_for_function("() => document.getElementById('models').dataset.source")
+    picker = page.evaluate(PICKER)
+    assert picker["chosen"] == MODEL_NAME and MODEL_NAME in picker["names"], picker
+    assert picker["disabled"] == (len(picker["names"]) < 2)
+    assert not page.problems.errors
+    page.context.close()
+
+
+def test_the_picker_lists_the_ready_models_of_the_repository_index(
+    browser, web_server: RunningServer
+) -> None:
+    """Needs the V2 repository index (POST /v2/repository/index): the picker offers exactly the
+    distinct names of its ready rows, the page's model chosen."""
+    expected = ready_models(web_server.rest_url)
+    page = open_page(browser, web_server.rest_url, **DESKTOP)
+    page.wait_for_function("() => document.getElementById('models').dataset.source")
+    picker = page.evaluate(PICKER)
+    assert picker["source"] == "index", "the page fell back to its own model: the index call failed"
+    assert picker["names"] == expected and picker["chosen"] == MODEL_NAME, (picker, expected)
     assert not page.problems.errors
     page.context.close()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.checks import model_names
 from loadtest.locust_bench.bench import (
     add_arguments,
     check_arguments,
@@ -17,7 +18,7 @@ from loadtest.locust_bench.bench import (
     parse_protocols,
 )
 from loadtest.locust_bench.stats import LiveStats
-from loadtest.server import cpu_seconds
+from loadtest.server import _model_flags, cpu_seconds
 
 
 def test_levels_are_checked() -> None:
@@ -105,3 +106,49 @@ def test_level_result_from_locust_and_live_files(tmp_path: Path) -> None:
     stats_csv.write_text("Type,Name,Request Count,Failure Count,Requests/s\ngRPC,Predict,1,0,1.0\n")
     with pytest.raises(RuntimeError, match="Aggregated"):
         level_result("gRPC", 4, 8, 10.0, stats_csv, tmp_path / "live.json", 0.4, 0)
+
+
+def test_several_models_are_named_with_commas_and_need_a_config_file_to_start_a_server() -> None:
+    assert model_names("lenet5") == ["lenet5"]
+    assert model_names(" lenet5, lenet5-ensemble,lenet5 ") == ["lenet5", "lenet5-ensemble"]
+    with pytest.raises(ValueError, match="--model-name"):
+        model_names(" , ")
+    rest = ("--rest", "http://127.0.0.1:8501")
+    several = ("--model-name", "lenet5,lenet5-ensemble")
+    assert check_arguments(_args(*rest, *several))[0] == ["REST"]
+    assert check_arguments(_args("--model-config-file", "models.config", *several))[0] == ["REST", "gRPC"]
+    for argv, words in [
+        (("--model-base-path", "m", *several), "--model-config-file"),
+        (("--model-base-path", "m", "--model-config-file", "c"), "not both"),
+        (("--model-config-file", "c", *rest), "not both"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            check_arguments(_args(*argv))
+
+
+def test_the_started_server_gets_one_model_or_the_config_file() -> None:
+    assert _model_flags("m", ["lenet5"], None) == [
+        "--model_name", "lenet5", "--model_base_path", str(Path("m").resolve())]  # fmt: skip
+    flags = _model_flags(None, ["lenet5", "lenet5-ensemble"], "pretrained/models.config")
+    assert flags == ["--model_config_file", str(Path("pretrained/models.config").resolve())]
+    for base, names in (("m", ["a", "b"]), (None, ["a"])):
+        with pytest.raises(ValueError):
+            _model_flags(base, names, None)
+
+
+def test_level_result_keeps_each_models_share(tmp_path: Path) -> None:
+    stats_csv = tmp_path / "rest-u2_stats.csv"
+    stats_csv.write_text("Type,Name,Request Count,Failure Count,Requests/s\n,Aggregated,30,0,3.0\n")
+    live = LiveStats()
+    for k in range(30):
+        model = ("lenet5", "lenet5-ensemble")[k % 2]
+        live.latency("REST", 1.0 + k % 2, model=model)
+        live.answer("REST", index=k, label=1, digit=1 if k % 2 or k % 3 else 2, model=model)
+    live.write(tmp_path / "live.json")
+    row = level_result("REST", 2, 1, 10.0, stats_csv, tmp_path / "live.json", math.nan, 0)
+    assert row.answers == 30 and row.wrong_digits == 5
+    shares = {share.model: share for share in row.models}
+    assert sorted(shares) == ["lenet5", "lenet5-ensemble"]
+    assert (shares["lenet5"].requests, shares["lenet5"].wrong_digits) == (15, 5)
+    assert (shares["lenet5-ensemble"].requests, shares["lenet5-ensemble"].live_accuracy) == (15, 1.0)
+    assert shares["lenet5-ensemble"].p50_ms == pytest.approx(2.0, rel=0.01)

@@ -96,3 +96,30 @@ def test_digit_pool_encodes_batches_that_walk_the_sample(mnist_dir: Path, tmp_pa
         "    raise AssertionError(f'{bad} images per request accepted')\n",
         cwd=tmp_path,
     )
+
+
+def test_users_spread_their_requests_over_the_models_round_robin(mnist_dir: Path, tmp_path: Path) -> None:
+    _run_python(
+        "from types import SimpleNamespace\n"
+        "from loadtest.locust_bench.users import DigitPool, _DigitsUserMixin\n"
+        "options = SimpleNamespace(model_name='lenet5, lenet5-ensemble', mnist_sample=10,\n"
+        f"                          images_per_request=1, mnist_dir={str(mnist_dir)!r})\n"
+        "environment = SimpleNamespace(parsed_options=options)\n"
+        "user = _DigitsUserMixin()\n"
+        "user.environment = environment\n"
+        "sent = []\n"
+        "for _ in range(5):\n"
+        "    request = user._next()\n"
+        "    sent.append((user.model, request, user.pool.v2_path))\n"
+        "assert sent == [('lenet5', 0, '/v2/models/lenet5/infer'),\n"
+        "                ('lenet5-ensemble', 0, '/v2/models/lenet5-ensemble/infer'),\n"
+        "                ('lenet5', 1, '/v2/models/lenet5/infer'),\n"
+        "                ('lenet5-ensemble', 1, '/v2/models/lenet5-ensemble/infer'),\n"
+        "                ('lenet5', 2, '/v2/models/lenet5/infer')], sent\n"
+        "lenet5, ensemble = DigitPool.for_models(environment)\n"
+        "assert ensemble.grpc_requests[0].model_spec.name == 'lenet5-ensemble'\n"
+        "assert ensemble.rest_path == '/v1/models/lenet5-ensemble:predict'\n"
+        "assert ensemble.indices.tolist() == lenet5.indices.tolist()  # the same sample for each\n"
+        "assert DigitPool.get(environment) is lenet5  # the first model by default\n",
+        cwd=tmp_path,
+    )

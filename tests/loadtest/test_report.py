@@ -7,7 +7,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from loadtest.locust_bench.report import LevelResult, markdown_table, write_report
+from loadtest.locust_bench.report import LevelResult, ModelShare, markdown_table, write_report
 
 
 def _result(protocol: str, users: int, images_per_request: int = 1) -> LevelResult:
@@ -81,3 +81,21 @@ def test_levels_without_requests_never_crash_the_report(tmp_path: Path) -> None:
         assert "not plotted: no requests at REST u=1" in md_path.read_text()
     _, md_path, png_path = write_report([], tmp_path, "Benchmark: nothing ran")
     assert png_path.is_file() and md_path.read_text().startswith("Benchmark: nothing ran")
+
+
+def test_each_models_share_is_reported_when_the_users_spread_over_several(tmp_path: Path) -> None:
+    one = _result("REST", 1)
+    one.models = [ModelShare("REST", 1, "lenet5", 1000, 1000, 12, 0.988, 1.1, 4.1)]
+    _, md_path, _ = write_report([one], tmp_path, "Benchmark: one model")
+    assert "Per model" not in md_path.read_text() and not (tmp_path / "report-models.csv").exists()
+    two = _result("gRPC", 4)
+    two.models = [ModelShare("gRPC", 4, name, 2000, 2000, 24, 0.988, 1.4, 4.4)
+                  for name in ("lenet5", "lenet5-ensemble")]  # fmt: skip
+    csv_path, md_path, _ = write_report([one, two], tmp_path, "Benchmark: two models")
+    markdown = md_path.read_text()
+    assert "Per model:" in markdown
+    assert "| gRPC | 4 | lenet5-ensemble | 2000 | 1.40 | 4.40 | 0.9880 | 24 |" in markdown
+    with open(tmp_path / "report-models.csv", newline="") as f:
+        assert [row["model"] for row in csv.DictReader(f)] == ["lenet5", "lenet5-ensemble"]
+    with open(csv_path, newline="") as f:
+        assert "models" not in next(csv.DictReader(f)), "report.csv: one row per level, no nested rows"

@@ -60,3 +60,23 @@ def test_worker_reports_merge_to_the_same_totals(tmp_path: Path) -> None:
     written = read_live_stats(path)
     assert written["summary"]["gRPC"]["wrong"] == expected["gRPC"]["wrong"]
     assert written["generator"]["processes"] == 2
+
+
+def test_per_model_shares_merge_across_workers_beside_the_totals() -> None:
+    workers = [LiveStats(), LiveStats()]
+    for k, worker in enumerate(workers):
+        worker.latency("gRPC", 2.0, model="lenet5")
+        worker.latency("gRPC", 4.0, model="lenet5-ensemble")
+        worker.answer("gRPC", index=k, label=3, digit=3, model="lenet5")
+        worker.answer("gRPC", index=k, label=3, digit=5, model="lenet5-ensemble")
+        worker.latency("gRPC", 8.0)  # a request that named no model counts in the totals only
+    master = LiveStats()
+    for worker in workers:
+        master.merge(worker.take())
+    summary = master.summary()["gRPC"]
+    assert (summary["requests"], summary["answers"], summary["wrong"]) == (6, 4, 2)
+    models = summary["models"]
+    assert sorted(models) == ["lenet5", "lenet5-ensemble"]
+    assert (models["lenet5"]["requests"], models["lenet5"]["accuracy"]) == (2, 1.0)
+    assert (models["lenet5-ensemble"]["wrong"], models["lenet5-ensemble"]["accuracy"]) == (2, 0.0)
+    assert not workers[0].models, "take() starts the next report from zero"

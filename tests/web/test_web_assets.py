@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 import pytest
 from flask import Flask
 
-from contract import IMAGE_SIZE, MODEL_NAME, REST_MODELS_PREFIX
+from contract import IMAGE_SIZE, MODEL_NAME, REST_MODELS_PREFIX, v2
 from serving.rest import webpage
 
 
@@ -136,6 +136,8 @@ def test_the_page_is_told_the_contract_by_the_server(client) -> None:
     assert config["model"] == MODEL_NAME
     assert config["modelsPrefix"] == REST_MODELS_PREFIX
     assert config["imageSize"] == IMAGE_SIZE
+    # the picker's list: the V2 repository index's ready rows
+    assert (config["repositoryIndex"], config["readyState"]) == (v2.REPOSITORY_INDEX_PATH, v2.INDEX_READY)
 
 
 def test_a_model_name_cannot_break_out_of_the_page() -> None:
@@ -160,5 +162,6 @@ def test_accessible_basics_in_the_markup(client) -> None:
             assert attrs.get("type") == "button"
     labels = {attrs.get("for") for tag, attrs in page.tags if tag == "label"}
     assert "file" in labels  # the file input has a label
+    assert "models" in labels and ("select", {"id": "models", "disabled": None}) in page.tags  # the picker
     assert any(tag == "table" for tag, _ in page.tags)  # the chart's text alternative
     assert any(attrs.get("role") == "alert" for _, attrs in page.tags)

@@ -1,5 +1,5 @@
-// The page: a drawing pad and a photo drop, the model's answer as a bar chart, the 28x28 picture
-// the model saw, and what went wrong when something did. The server is asked only through the
+// The page: a drawing pad and a photo drop, a picker of the server's models, the model's answer
+// as a bar chart, the 28x28 picture the model saw, and what went wrong when something did. The server is asked only through the
 // public REST API (./server.js); pictures are preprocessed by ./preprocess.js, client/images.py's
 // steps.
 
@@ -56,7 +56,7 @@ async function refreshStatus() {
   try {
     const version = await server.servedVersion();
     $("version").textContent = String(version);
-    $("connection").textContent = `Connected to ${location.host}: ${config.model} version ${version} is available.`;
+    $("connection").textContent = `Connected to ${location.host}: ${server.model} version ${version} is available.`;
     if (!problem.hidden && problem.dataset.transient === "true") {
       clearProblem();
       if (retryWhenBack && current) predict(current);
@@ -88,6 +88,38 @@ function clearProblem() {
   delete problem.dataset.kind;
   delete problem.dataset.transient;
 }
+
+// --- the model picker: the server's ready models, the page's own model first chosen ----------------
+const picker = $("models");
+
+async function fillPicker() {
+  const { names, fromIndex } = await server.models();
+  picker.replaceChildren(
+    ...names.map((name) => {
+      const option = document.createElement("option");
+      option.value = option.textContent = name;
+      option.selected = name === server.model;
+      return option;
+    }),
+  );
+  picker.disabled = names.length < 2;
+  picker.dataset.source = fromIndex ? "index" : "default";
+}
+
+picker.addEventListener("change", () => {
+  server.model = picker.value;
+  $("model").textContent = server.model;
+  $("version").textContent = "…";
+  const previous = current;
+  const at = newRevision();
+  refreshStatus();
+  if (previous) {
+    current = { pixels: previous.pixels, revision: at }; // the same picture, asked of the new model
+    predict(current);
+  } else {
+    setAnswerState(answer.dataset.state, at);
+  }
+});
 
 // --- the answer ----------------------------------------------------------------------------------
 const bars = [];
@@ -329,8 +361,9 @@ ink.lineCap = "round";
 ink.lineJoin = "round";
 ink.lineWidth = pad.width / 14; // a finger's width: about two MNIST pixels
 ink.strokeStyle = ink.fillStyle = "#111";
-$("model").textContent = config.model;
+$("model").textContent = server.model;
 buildChart();
 clearAll();
 refreshStatus();
+fillPicker();
 document.body.dataset.ready = "true";

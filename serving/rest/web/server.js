@@ -1,4 +1,5 @@
-// Talking to the model server through the public REST API every client uses (TF Serving's):
+// Talking to the model server through the public REST API every client uses: the V2 repository
+// index (POST /v2/repository/index) for the models to pick from, then TF Serving's API:
 // GET /v1/models/{name} for the status, POST /v1/models/{name}:predict for the answer. Failures
 // become a ServerProblem: a message for a person, and whether it passes by itself.
 
@@ -18,10 +19,39 @@ export class ServerProblem extends Error {
 }
 
 export class ModelServer {
-  /** `config`: what the server told the page (model name, paths, tensor names, sizes). */
+  /** `config`: what the server told the page (default model, paths, tensor names, sizes). */
   constructor(config) {
     this.config = config;
-    this.path = `${config.modelsPrefix}/${encodeURIComponent(config.model)}`;
+    this.model = config.model; // the model asked; the picker changes it
+  }
+
+  get path() {
+    return `${this.config.modelsPrefix}/${encodeURIComponent(this.model)}`;
+  }
+
+  /**
+   * The names of the models the server has ready (its V2 repository index, one row per model
+   * version), the page's default first if the index lacks it; `fromIndex` false when the server
+   * could not say (an older server without the index): then only the default.
+   */
+  async models() {
+    const fallback = { names: [this.config.model], fromIndex: false };
+    let rows;
+    try {
+      rows = await this.call(this.config.repositoryIndex, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ ready: true }),
+      });
+    } catch (error) {
+      if (!(error instanceof ServerProblem)) throw error;
+      return fallback;
+    }
+    if (!Array.isArray(rows)) return fallback;
+    const ready = rows.filter((row) => row && typeof row.name === "string" && row.state === this.config.readyState);
+    const names = [...new Set(ready.map((row) => row.name))];
+    if (!names.includes(this.config.model)) names.unshift(this.config.model);
+    return { names, fromIndex: true };
   }
 
   /** The version that answers unversioned requests: the highest AVAILABLE one. */
@@ -33,7 +63,7 @@ export class ModelServer {
     if (!available.length) {
       throw new ServerProblem(
         "unavailable",
-        `The model ${this.config.model} has no available version yet. Waiting for it…`,
+        `The model ${this.model} has no available version yet. Waiting for it…`,
       );
     }
     return Math.max(...available);
@@ -90,7 +120,7 @@ export class ModelServer {
     if (response.status === 503 || (response.status === 404 && options.method !== "POST")) {
       throw new ServerProblem(
         "unavailable",
-        `The model ${this.config.model} is not available yet (${status}: ${said}). Waiting for it…`,
+        `The model ${this.model} is not available yet (${status}: ${said}). Waiting for it…`,
       );
     }
     if (response.status === 429) {
