@@ -11,6 +11,7 @@ Usage examples::
     python -m training report --grid lab                  # results.{json,csv,md} + figures
     python -m training export --grid lab --model-base-path models/lenet5   # best by validation
     python -m training export --grid lab --run lenet5-recipe-nodropout     # a named run
+    python -m training export --grid ensemble --ensemble lenet5-ensemble   # a committee, as one model
     tensorboard --logdir runs/lab
 
 --grid takes a shipped grid's name (lab, quick, experiments: training/grids/*.toml) or the path
@@ -36,6 +37,10 @@ directory trained under another config, naming the settings that differ, unless 
 (the directory is moved aside, never deleted); ``report`` and ``export`` refuse (2) a record
 that contradicts the config that trained it, and ``export`` a legacy one (recorded before config
 digests) unless ``--allow-legacy``.
+
+``export --ensemble NAME`` publishes a grid's ``[[ensembles]]`` committee, chosen on validation
+(training/ensemble_selection.py); it refuses (2) an unknown ensemble, and a candidate that has
+not completed unless ``--partial``. ``export`` exits 1 when the parity gate fails.
 """
 
 from __future__ import annotations
@@ -151,13 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("export", parents=[common],
-                       help="export the best run (by validation accuracy) or a named run")
+                       help="export the best run (by validation accuracy), a named run, or an "
+                            "ensemble of runs")
     p.set_defaults(func=_export)
-    p.add_argument("--run", default=None, help="export this run (name or index) instead")
-    p.add_argument("--model-base-path", type=Path, default=contract.DEFAULT_MODEL_BASE_PATH,
-                   help=f"model repository (default: {contract.DEFAULT_MODEL_BASE_PATH})")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", default=None, help="export this run (name or index) instead")
+    which.add_argument("--ensemble", default=None, metavar="NAME",
+                       help="export the grid's [[ensembles]] committee NAME instead, its members "
+                            "and combination chosen on validation (docs/training.md#ensembles)")
+    p.add_argument("--partial", action="store_true",
+                   help="with --ensemble: choose among the candidates that completed, the card "
+                        "naming the missing ones (default: refuse, exit 2, naming them)")
+    p.add_argument("--model-base-path", type=Path, default=None,
+                   help=f"model repository (default: {contract.DEFAULT_MODEL_BASE_PATH}; with "
+                        f"--ensemble NAME: {contract.DEFAULT_MODEL_BASE_PATH.parent}/NAME)")
     p.add_argument("--allow-legacy", action="store_true",
-                   help="export a run recorded before config digests (its config cannot be "
+                   help="export runs recorded before config digests (their configs cannot be "
                         "checked; the model card says config_verified: false)")
     return parser
 
@@ -233,6 +247,9 @@ def _list(args: argparse.Namespace) -> int:
     for index, config in enumerate(grid.runs):
         limit = f" train_limit={config.train_limit}" if config.train_limit else ""
         print(f"{index:3d}  {config.name:52s} {config.model:15s} epochs={config.epochs}{limit}")
+    for spec in grid.ensembles:
+        print(f"\nensemble {spec.name}: at most {spec.limit} of runs "
+              f"{', '.join(map(str, spec.candidates))}")
     return 0
 
 
@@ -275,8 +292,13 @@ def _export(args: argparse.Namespace) -> int:
     """The best run by validation accuracy (or --run) into --model-base-path; 1 if refused, 2 if
     its record does not describe its weights (checked before TensorFlow loads)."""
     grid = _load_grid(args)
+    if args.ensemble is not None:
+        return _export_ensemble(args, grid)
+    if args.partial:
+        raise _Refused("--partial goes with --ensemble")
     from training import selection
 
+    base = args.model_base_path or contract.DEFAULT_MODEL_BASE_PATH
     try:
         result = selection.select_run(args.runs_dir / grid.name, args.run,
                                       [run.name for run in grid.runs],
@@ -284,11 +306,41 @@ def _export(args: argparse.Namespace) -> int:
         mnist = _load_mnist(args)
         from training import export
 
-        version = export.export_run(grid, args.runs_dir, args.model_base_path, mnist, result,
-                                    named=args.run)
+        version = export.export_run(grid, args.runs_dir, base, mnist, result, named=args.run)
     except selection.ExportError as exc:
         raise _Refused(exc, status=1) from None
-    print(f"exported version {version} to {args.model_base_path / str(version)}")
+    print(f"exported version {version} to {base / str(version)}")
+    return 0
+
+
+def _export_ensemble(args: argparse.Namespace, grid: Grid) -> int:
+    """The committee --ensemble names into --model-base-path (default models/NAME); 2 if the
+    grid declares no such ensemble or a candidate is missing without --partial (checked before
+    TensorFlow loads), 1 if the export failed its checks."""
+    from training import ensemble_selection, selection
+
+    try:
+        spec = grid.ensemble(args.ensemble)
+        found, missing = ensemble_selection.candidates(
+            grid, spec, args.runs_dir / grid.name, partial=args.partial,
+            allow_legacy=args.allow_legacy)
+    except KeyError as exc:
+        raise _Refused(exc.args[0]) from None
+    except ensemble_selection.EnsembleError as exc:
+        raise _Refused(exc) from None
+    if missing:
+        log.warning("ensemble %s without %d missing candidates (--partial): %s", spec.name,
+                    len(missing), ", ".join(m.name for m in missing))
+    base = args.model_base_path or contract.DEFAULT_MODEL_BASE_PATH.parent / spec.name
+    mnist = _load_mnist(args)
+    from training import ensemble_export
+
+    try:
+        version = ensemble_export.export_ensemble(grid, spec, args.runs_dir, base, mnist, found,
+                                                  missing)
+    except selection.ExportError as exc:
+        raise _Refused(exc, status=1) from None
+    print(f"exported ensemble {spec.name} as version {version} to {base / str(version)}")
     return 0
 
 

@@ -11,6 +11,10 @@ machine (a Kubernetes Indexed Job gives pod N run N), so shipped grids only ever
 Every mistake in a file (unknown key, wrong type, invalid value, duplicate name) is a
 :class:`GridError` naming the file, the run and the key. :class:`Overrides` are the command
 line's checked changes to a grid's runs (``--epochs``, ``--train-limit``, ``--set``).
+
+A file may also declare ``[[ensembles]]``: committees of its LeNet-5-family runs that ``export
+--ensemble NAME`` chooses on validation and publishes as one model (:class:`EnsembleSpec`).
+They are read after the runs and change nothing in them (nor their digests).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import shlex
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -198,12 +204,34 @@ def _checked_type(key: str, value: Any, allowed: tuple[type, ...]) -> Any:
 
 # --- Grid files ---------------------------------------------------------------------------------
 SHIPPED = resources.files("training") / "grids"
-_FILE_KEYS = {"description", "defaults", "runs"}
+_FILE_KEYS = {"description", "defaults", "runs", "ensembles"}
 _RUN_KEYS = {"like", "product"}  # besides the RunConfig fields
+_ENSEMBLE_KEYS = {"name", "group", "runs", "max_members"}
+ENSEMBLE_MODELS = ("lenet5", "lenet5_bn")  # the LeNet-5 family a committee is made of
+_ENSEMBLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # it names a directory
 
 
 class GridError(ValueError):
     """A grid that cannot be read; the message names the file, the run and the key."""
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ``[[ensembles]]`` table: a committee of the grid's runs, its members chosen on
+    validation by ``export --ensemble`` (training/ensemble_selection.py).
+
+    ``candidates`` are run indices (a ``group``'s runs in grid order, or the ``runs`` named);
+    the committee takes the best ``max_members`` of them at most (default: all).
+    """
+
+    name: str  # unique in the file; also the default export directory, models/<name>
+    candidates: tuple[int, ...]
+    max_members: int | None = None
+
+    @property
+    def limit(self) -> int:
+        """The most members the committee may take."""
+        return min(self.max_members or len(self.candidates), len(self.candidates))
 
 
 @dataclass(frozen=True)
@@ -219,9 +247,18 @@ class Grid:
     source: str
     description: str
     runs: tuple[RunConfig, ...]
+    ensembles: tuple[EnsembleSpec, ...] = ()
 
     def __len__(self) -> int:
         return len(self.runs)
+
+    def ensemble(self, name: str) -> EnsembleSpec:
+        for spec in self.ensembles:
+            if spec.name == name:
+                return spec
+        known = ", ".join(e.name for e in self.ensembles) or "none"
+        raise KeyError(f"grid {self.name!r} declares no ensemble {name!r} (its [[ensembles]]: "
+                       f"{known})")
 
     def run(self, index: int) -> RunConfig:
         if not 0 <= index < len(self.runs):
@@ -262,8 +299,10 @@ def parse_grid(text: str, source: str, grid_name: str, spec: str | None = None) 
     document = _read_toml(text, source)
     defaults, entries = _sections(document, source)
     description = str(document.get("description", "")).strip()
+    runs = tuple(_runs(entries, defaults, source))
+    ensembles = tuple(_ensembles(document.get("ensembles", []), runs, source))
     return Grid(name=grid_name, spec=spec or source, source=source, description=description,
-                runs=tuple(_runs(entries, defaults, source)))
+                runs=runs, ensembles=ensembles)
 
 
 def _read_toml(text: str, source: str) -> dict[str, Any]:
@@ -346,6 +385,77 @@ def _run_config(settings: dict[str, Any], where: str) -> RunConfig:
         return RunConfig(**checked)
     except (TypeError, ValueError) as exc:
         raise GridError(f"{where}: {exc}") from None
+
+
+# --- Ensembles ------------------------------------------------------------------------------------
+def _ensembles(entries: Any, runs: Sequence[RunConfig], source: str) -> list[EnsembleSpec]:
+    """The committees the [[ensembles]] tables declare; names unique."""
+    if not isinstance(entries, list):
+        raise GridError(f"{source}: 'ensembles' must be an array of tables ([[ensembles]])")
+    out: list[EnsembleSpec] = []
+    for number, entry in enumerate(entries):
+        label = entry.get("name", "?") if isinstance(entry, dict) else "?"
+        where = f"{source}: [[ensembles]] #{number + 1} ({label!r})"
+        spec = _ensemble(entry, runs, where)
+        if spec.name in {e.name for e in out}:
+            raise GridError(f"{where}: duplicate ensemble name")
+        out.append(spec)
+    return out
+
+
+def _ensemble(entry: Any, runs: Sequence[RunConfig], where: str) -> EnsembleSpec:
+    """One [[ensembles]] table, checked: known keys, a name, candidates of the LeNet-5 family."""
+    if not isinstance(entry, dict):
+        raise GridError(f"{where}: must be a table")
+    unknown = sorted(set(entry) - _ENSEMBLE_KEYS)
+    if unknown:
+        raise GridError(f"{where}: unknown key(s) {unknown}; known: {sorted(_ENSEMBLE_KEYS)}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _ENSEMBLE_NAME.fullmatch(name):
+        raise GridError(f"{where}: 'name' must be letters, digits, '.', '_' or '-' (it names "
+                        f"the export's directory), got {name!r}")
+    candidates = _candidates(entry, runs, where)
+    for index in candidates:
+        if runs[index].model not in ENSEMBLE_MODELS:
+            raise GridError(f"{where}: run {index} ({runs[index].name!r}) is a "
+                            f"{runs[index].model!r} model; an ensemble's members are of the "
+                            f"LeNet-5 family: {', '.join(ENSEMBLE_MODELS)}")
+    limit = entry.get("max_members")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise GridError(f"{where}: 'max_members' must be a positive integer, got {limit!r}")
+    return EnsembleSpec(name, tuple(candidates), limit)
+
+
+def _candidates(entry: dict[str, Any], runs: Sequence[RunConfig], where: str) -> list[int]:
+    """The run indices an ensemble chooses from: its ``group``'s runs, or its ``runs``."""
+    if ("group" in entry) == ("runs" in entry):
+        raise GridError(f"{where}: name its candidates with 'group' or with 'runs' (one of them)")
+    if "runs" in entry:
+        return _named_runs(entry["runs"], runs, where)
+    group = entry["group"]
+    found = [i for i, run in enumerate(runs) if run.group == group]
+    if not found:
+        raise GridError(f"{where}: group = {group!r}: no run of this file is in that group")
+    return found
+
+
+def _named_runs(items: Any, runs: Sequence[RunConfig], where: str) -> list[int]:
+    """``runs = [names or indices]`` as run indices, each an existing run, none twice."""
+    if not isinstance(items, list) or not items:
+        raise GridError(f"{where}: 'runs' must be a non-empty list of run names or indices")
+    by_name = {run.name: i for i, run in enumerate(runs)}
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            index = item if 0 <= item < len(runs) else None
+        else:
+            index = by_name.get(item) if isinstance(item, str) else None
+        if index is None:
+            raise GridError(f"{where}: runs: {item!r} names no run of this file")
+        if index in out:
+            raise GridError(f"{where}: runs: {item!r} is named twice")
+        out.append(index)
+    return out
 
 
 def load_grid(spec: str | Path) -> Grid:

@@ -1,5 +1,9 @@
 """Export: the selected run (training/selection.py) -> a TF Serving model repository.
 
+:func:`publish` is every export's last step, a run's (:func:`export_run`) or an ensemble's
+(training/ensemble_export.py): the signature, the ONNX twin, the parity gate, the card's common
+part and the atomic publish.
+
 One version directory serves both TensorFlow Serving and our ONNX Runtime server::
 
     <model_base_path>/<version>/saved_model.pb, variables/   SavedModel, signature serving_default
@@ -24,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +88,14 @@ def check_parity(version_dir: Path, session: ort.InferenceSession,
         tf_p.append(out[contract.OUTPUT_PROBABILITIES].numpy())
         tf_d.append(out[contract.OUTPUT_DIGIT].numpy())
     ort_p, ort_d = baseline.onnx_outputs(session, images)
-    max_diff = float(np.max(np.abs(np.concatenate(tf_p) - ort_p)))
-    mismatches = int(np.sum(np.concatenate(tf_d) != ort_d))
+    tf_p, tf_d = np.concatenate(tf_p), np.concatenate(tf_d)
+    # The contract's shapes in both, [N, 10] and [N]: a difference would broadcast unseen.
+    shapes = {"tensorflow": (tf_p.shape, tf_d.shape), "onnx": (ort_p.shape, ort_d.shape)}
+    if set(shapes.values()) != {((len(images), contract.NUM_CLASSES), (len(images),))}:
+        raise ExportError(f"outputs (probabilities, digit) of shapes {shapes}, not the "
+                          f"contract's [N, {contract.NUM_CLASSES}] and [N]")
+    max_diff = float(np.max(np.abs(tf_p - ort_p)))
+    mismatches = int(np.sum(tf_d != ort_d))
     return {"images": int(len(images)), "max_abs_probability_difference": max_diff,
             "digit_mismatches": mismatches, "tolerance": PARITY_TOLERANCE,
             "passed": max_diff <= PARITY_TOLERANCE and mismatches == 0}
@@ -108,13 +119,17 @@ def _write_version(model: keras.Model, directory: Path) -> None:
 
 
 def publish(model: keras.Model, model_base_path: Path, parity_images: np.ndarray,
-            card: dict[str, Any], splits: baseline.Splits | None = None) -> int:
-    """Export ``model`` as the next version of the repository; returns the version number.
-    With ``splits``, the card gets the model's baseline on them (training/baseline.py)."""
+            card: dict[str, Any], splits: baseline.Splits | None = None,
+            attachments: Mapping[str, Path] | None = None) -> int:
+    """Export ``model`` (logits out) as the next version of the repository; returns the version
+    number. With ``splits``, the card gets the model's baseline on them (training/baseline.py);
+    ``attachments`` (file name in the version -> file) are copied in, hashed like the rest."""
     model_base_path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_base_path))
     try:
         _write_version(model, tmp)
+        for name, source in (attachments or {}).items():
+            shutil.copyfile(source, tmp / name)
         session = baseline.onnx_session(tmp / contract.ONNX_FILENAME)
         parity = check_parity(tmp, session, parity_images)
         if not parity["passed"]:
@@ -159,6 +174,15 @@ def publish(model: keras.Model, model_base_path: Path, parity_images: np.ndarray
     return version
 
 
+def run_identity(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A card's ``config``, ``config_digest`` and ``config_verified`` for a run's record: the
+    config that trained it and its identity (training/identity.py); a null digest is a legacy
+    run, not verified."""
+    digest = result.get("config_digest")
+    return {"config": result.get("config"), "config_digest": digest,
+            "config_verified": digest is not None and digest == identity.digest(result["config"])}
+
+
 def export_from_grid(grid: Grid, runs_dir: Path, model_base_path: Path, data: Mnist,
                      run: str | None = None, *, allow_legacy: bool = False) -> int:
     """Select a run of a grid (best by validation unless named, its record checked:
@@ -176,7 +200,6 @@ def export_run(grid: Grid, runs_dir: Path, model_base_path: Path, data: Mnist,
     log.info("exporting %s (validation %.4f, selected %s)", result["name"],
              result["validation_accuracy"], "by name" if named else "by validation accuracy")
     model = keras.models.load_model(runs_dir / grid.name / result["name"] / MODEL_FILE)
-    digest = result.get("config_digest")
     card = {
         "run": result["name"],
         "grid": grid.source,
@@ -184,10 +207,7 @@ def export_run(grid: Grid, runs_dir: Path, model_base_path: Path, data: Mnist,
         "selection": f"named run {named!r}" if named else "highest validation accuracy",
         # What reproduces this version from scratch (MNIST in $MNIST_DIR or downloaded):
         "reproduce": reproduce(grid, result),
-        "config": result.get("config"),
-        # The config's identity (training/identity.py); null: a legacy run, not verified.
-        "config_digest": digest,
-        "config_verified": digest is not None and digest == identity.digest(result["config"]),
+        **run_identity(result),
         "metrics": {k: result.get(k) for k in ("training_accuracy", "validation_accuracy",
                                                "test_accuracy")},
         "parameter_count": result.get("parameter_count"),

@@ -1,18 +1,23 @@
 """The lab's models as plain Keras graphs: softmax regression, LeNet-5, and an optimized LeNet-5.
 
 All return logits (the loss is computed from logits; the lab's clipped log of the softmax was a
-bug). The exported serving model adds the softmax and the argmax (see training/export.py).
+bug). The exported serving model adds the softmax and the argmax (see training/export.py). A
+:func:`committee` of trained models is one graph too, its logits the combined members'.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import keras
 import numpy as np
-from keras import layers
+from keras import layers, ops
 
 import contract
 from training import distortions
 from training.config import RunConfig
+from training.ensemble_selection import MEAN_LOGITS, RULES
 
 LENET5_PARAMETERS = 61_706  # the lab's count; tests/training checks it
 OPTIMIZED_PARAMETER_LIMIT = 100_000
@@ -98,6 +103,41 @@ def build(config: RunConfig) -> keras.Model:
     if config.model == "lenet5":
         return lenet5(config.activation, config.dropout)
     return lenet5_bn(config.activation, config.dropout, variant=config.model)
+
+
+class Combine(layers.Layer):
+    """Members' logits -> the committee's logits, whose softmax is (training/ensemble_selection.py):
+
+    - ``mean_probabilities``: the mean of the members' probabilities (log of the mean, computed
+      as a log-sum-exp of log-probabilities: finite where a probability underflows);
+    - ``mean_logits``: the mean of the members' log-probabilities (the softmax of the mean of
+      their logits: the same).
+    """
+
+    def __init__(self, rule: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if rule not in RULES:
+            raise ValueError(f"unknown committee rule {rule!r}; known: {', '.join(RULES)}")
+        self.rule = rule
+
+    def call(self, logits: list) -> keras.KerasTensor:
+        log_probabilities = ops.stack([ops.log_softmax(z, axis=-1) for z in logits], axis=0)
+        if self.rule == MEAN_LOGITS:
+            return ops.mean(log_probabilities, axis=0)
+        return ops.logsumexp(log_probabilities, axis=0) - math.log(len(logits))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rule": self.rule}
+
+
+def committee(members: Sequence[keras.Model], names: Sequence[str], rule: str,
+              name: str = "committee") -> keras.Model:
+    """One graph of trained ``members`` (their layers and weights inside, each renamed to its
+    ``names`` entry), logits out: the members' combined by ``rule`` (:class:`Combine`)."""
+    image = keras.Input(contract.INPUT_SHAPE, name=contract.INPUT_NAME)
+    logits = [keras.Model(member.input, member.output, name=member_name)(image)
+              for member, member_name in zip(members, names, strict=True)]
+    return keras.Model(image, Combine(rule, name="combine")(logits), name=name)
 
 
 def set_clean_bn_statistics(model: keras.Model, images: np.ndarray,

@@ -5,7 +5,9 @@ directory). Each finished record is first checked against the config that traine
 (training/identity.py): a record that contradicts its run directory stops the report
 (:class:`identity.IdentityError`); a legacy record (from before config digests) is listed, and
 named as not verified. Figures: test accuracy over the 16-run grid by optimizer, learning rate, activation
-and batch size; training time by optimizer and batch size; learning curves of the selected runs.
+and batch size; training time by optimizer and batch size; learning curves of the selected runs;
+an ensemble's accuracy against its number of members (:func:`members_figure`, drawn by
+training/ensemble_export.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,32 @@ def _curves_figure(grid_dir: Path, runs: list[dict[str, Any]], path: Path) -> No
         ax.legend(fontsize=8)
     fig.suptitle("Learning curves of the selected runs (best by validation accuracy)")
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def members_figure(curve: Sequence[Mapping[str, Any]], k: int, rule: str, title: str,
+                   path: Path) -> None:
+    """Validation and test accuracy of the top-k committees against k, one colour per rule,
+    the chosen (k, rule) marked. ``curve``: {"k", "rule", "validation_accuracy",
+    "test_accuracy"} points (training/ensemble_selection.py)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for number, each in enumerate(dict.fromkeys(p["rule"] for p in curve)):
+        points = [p for p in curve if p["rule"] == each]
+        ks = [p["k"] for p in points]
+        colour = f"C{number}"
+        ax.plot(ks, [p["validation_accuracy"] * 100 for p in points], "-o", color=colour,
+                label=f"validation, {each}")
+        ax.plot(ks, [p["test_accuracy"] * 100 for p in points], "--s", color=colour,
+                alpha=0.7, label=f"test, {each}")
+    ax.axvline(k, color="grey", linestyle=":", label=f"chosen on validation: k = {k}, {rule}")
+    ax.set(xlabel="members: the top k candidates by validation accuracy", ylabel="accuracy (%)",
+           title=title)
+    ax.set_xticks(sorted({p["k"] for p in curve}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
