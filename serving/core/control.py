@@ -10,12 +10,12 @@ through one small store the supervisor creates for the server's lifetime (``SERV
   changes arriving at two workers at once are applied one after the other, never lost.
 - ``applied/<worker>.json``: the generation each worker has applied (and its pid).
 
-Every worker's :class:`ModelControl` watches ``models.json`` (a ``stat`` every
-``poll_seconds``) and applies a newer generation to its :class:`ServedModels` in its own
-thread; a worker that starts (or is respawned) applies the current one before it serves. The
-worker that took a runtime change writes the new generation, applies it itself, then waits until
-every live worker has reported it (dead workers' reports are ignored) before it answers, so a
-client that got its answer can address the change on any connection.
+Every worker's :class:`ModelControl` reads ``models.json`` every ``poll_seconds`` and applies
+a newer generation to its :class:`ServedModels` in its own thread; a worker that starts (or is
+respawned) applies the current one before it serves. The worker that took a runtime change
+writes the new generation, applies it itself, then waits until every live worker has reported
+it (dead workers' reports are ignored) before it answers, so a client that got its answer can
+address the change on any connection.
 
 The runtime changes (reload, load, unload) let anyone who reaches a port unload every model, so
 they are refused (PERMISSION_DENIED) unless ``--model_control_mode explicit``; reading the
@@ -105,13 +105,6 @@ class ModelStore:
     # --- desired ------------------------------------------------------------------------------
     def read(self) -> DesiredModels:
         return DesiredModels.from_dict(json.loads(self.state_path.read_text()))
-
-    def stamp(self) -> int:
-        """Changes whenever ``models.json`` is replaced (cheap to ask every few hundred ms)."""
-        try:
-            return self.state_path.stat().st_mtime_ns ^ self.state_path.stat().st_ino
-        except FileNotFoundError:
-            return 0
 
     @contextmanager
     def _locked(self):
@@ -218,15 +211,12 @@ class ModelControl:
             self._thread.join(timeout=5)
 
     def _watch(self) -> None:
-        stamp = self.store.stamp()
+        # The generation decides, not the file's mtime or inode: two writes within one clock
+        # tick, with a reused inode, would look unchanged. The read is a few hundred bytes.
         while not self._stop.wait(self.poll_seconds):
-            now = self.store.stamp()
-            if now == stamp:
-                continue
-            stamp = now
             try:
                 self.sync()
-            except Exception:  # a bad read must not end the watch; the next change retries
+            except Exception:  # a bad read must not end the watch; the next poll retries
                 logger.exception("applying the desired models failed")
 
     def sync(self) -> DesiredModels:

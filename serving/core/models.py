@@ -136,9 +136,12 @@ class ServedModels:
         """Stop the pollers of the repositories no longer served. Requests holding one of their
         versions still finish on it (nothing here closes a session or a queue)."""
         for name, model in before.items():
-            if after.get(name) is None or after[name].repository is not model.repository:
+            replacement = after.get(name)
+            if replacement is None or replacement.repository is not model.repository:
                 model.repository.stop()
-                model.repository.retire()
+                kept = [] if replacement is None else [
+                    row.version for row in replacement.repository.statuses() if row.available]
+                model.repository.retire(kept)
                 logger.info("model %s no longer served from %s", name, model.entry.base_path)
 
     def stop(self) -> None:

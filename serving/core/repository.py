@@ -34,7 +34,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -183,11 +183,13 @@ class ModelRepository:
             self.labels = dict(labels)  # replaced, never mutated: readers take it without a lock
         self.poll_once()
 
-    def retire(self) -> None:
-        """The model is no longer served: its versions are reported END (status, gauges, log).
-        The served set stays, so a request already holding this repository still finishes."""
+    def retire(self, kept: Collection[int] = ()) -> None:
+        """The model is no longer served from here: its versions are reported END (status, gauges,
+        log), but for ``kept``, those its replacement (the same name, another base path) serves
+        already. The served set stays, so a request already holding this repository finishes."""
         with self._scan_lock:
-            self._publish(self._served, {})
+            served = self._served
+            self._publish(served, {v: model for v, model in served.items() if v in kept})
 
     # --- the poller ----------------------------------------------------------------------------
     def start(self) -> None:

@@ -47,6 +47,9 @@ V2_MESSAGES = [
     "ModelReadyRequest", "ModelReadyResponse", "ServerMetadataRequest", "ServerMetadataResponse",
     "ModelMetadataRequest", "ModelMetadataResponse", "InferParameter", "InferTensorContents",
     "ModelInferRequest", "ModelInferResponse",
+    "RepositoryIndexRequest", "RepositoryIndexResponse", "ModelRepositoryParameter",
+    "RepositoryModelLoadRequest", "RepositoryModelLoadResponse",
+    "RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse",
 ]
 _SAMPLES = {  # two values per scalar type, chosen to need every byte of their encoding
     FieldDescriptor.TYPE_BOOL: (True, False),
@@ -225,3 +228,52 @@ def test_config_messages_round_trip_through_tritons_classes(name, variant):
     assert json_format.MessageToDict(theirs) == json_format.MessageToDict(mine)
     assert theirs.SerializeToString(deterministic=True) == wire
     assert getattr(ours, name).FromString(theirs.SerializeToString()) == mine
+
+
+# --- TF Serving's model server config and its reload: the official messages, field for field -----
+# (tensorflow-serving-api's own classes; ours leave out ModelConfig.logging_config alone.)
+TFS_CONFIG_MESSAGES = {
+    "ModelServerConfig": "tensorflow_serving.config.model_server_config_pb2",
+    "ModelConfigList": "tensorflow_serving.config.model_server_config_pb2",
+    "ModelConfig": "tensorflow_serving.config.model_server_config_pb2",
+    "ReloadConfigRequest": "tensorflow_serving.apis.model_management_pb2",
+    "ReloadConfigResponse": "tensorflow_serving.apis.model_management_pb2",
+    "Metric": "tensorflow_serving.apis.model_management_pb2",
+}
+
+
+@pytest.mark.parametrize("name", list(TFS_CONFIG_MESSAGES))
+def test_model_server_config_messages_are_tf_servings(name):
+    import importlib
+
+    from contract.proto import digits_tfserving_pb2 as ours
+
+    theirs = getattr(importlib.import_module(TFS_CONFIG_MESSAGES[name]), name).DESCRIPTOR
+    mine = getattr(ours, name).DESCRIPTOR
+    # StatusProto's error code: our Code enum lists the codes we send, each with TF's number.
+    problems = [p for p in _subset_mismatches(mine, theirs, name) if "enum Code differs" not in p]
+    assert problems == []
+    codes = {(v.name, v.number) for v in ours.Code.DESCRIPTOR.values}
+    from tensorflow_serving.apis import status_pb2
+    official_codes = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
+    assert codes <= {(v.name, v.number) for v in official_codes.values}
+    left_out = sorted(set(theirs.fields_by_name) - set(mine.fields_by_name))
+    assert left_out == (["logging_config"] if name == "ModelConfig" else [])
+
+
+def test_a_config_file_reads_the_same_in_tf_servings_classes():
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2 as official
+
+    from contract.proto import digits_tfserving_pb2 as ours
+
+    text = (
+        'model_config_list { config { name: "a" base_path: "a" model_platform: "tensorflow" } '
+        'config { name: "b" base_path: "/m/b" model_version_policy { specific { versions: 1 '
+        'versions: 3 } } version_labels { key: "stable" value: 1 } version_labels { key: "canary" '
+        'value: 3 } } config { name: "c" base_path: "c" model_version_policy { latest { '
+        "num_versions: 2 } } } config { name: \"d\" base_path: \"d\" model_version_policy { all {} } } }"
+    )
+    mine = text_format.Parse(text, ours.ModelServerConfig())
+    theirs = text_format.Parse(text, official.ModelServerConfig())
+    assert mine.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)

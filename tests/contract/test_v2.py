@@ -45,7 +45,8 @@ def test_paths_and_server_metadata():
     assert v2.MODEL_INFER_RPC == "/inference.GRPCInferenceService/ModelInfer"
     meta = v2.SERVER_METADATA.as_dict()
     assert meta["name"] == "digits"
-    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "model_repository"]  # Triton's names
+    # Triton's names
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "model_repository"]
     assert meta["version"] and meta["version"][0].isdigit()
 
 

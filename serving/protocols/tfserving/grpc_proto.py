@@ -208,11 +208,10 @@ def status_response(rows: Iterable[VersionStatus]) -> pb.GetModelStatusResponse:
 
 def decode_reload_request(request: pb.ReloadConfigRequest) -> list[ModelEntry]:
     """The models a ``HandleReloadConfigRequest`` asks to serve (relative base paths stay as
-    written: the server resolves them against its working directory, as TF Serving does)."""
+    written: the server resolves them against its working directory, as TF Serving does). No
+    config, or an empty list, is a config of no models: every model is unloaded."""
     if request.metric_names:
         raise InvalidArgument(f"metric_names {list(request.metric_names)} are not reported here")
-    if not request.HasField("config"):
-        raise InvalidArgument("ReloadConfigRequest.config is required")
     return entries_of(request.config)
 
 
