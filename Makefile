@@ -18,7 +18,8 @@ export MNIST_DIR
 # TensorFlow's start-up chatter (CUDA probing, oneDNN notes) hides the progress we print.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-PRETRAINED ?= pretrained/lenet5
+# The shipped models (pretrained/<name>/<version>/) and the config that serves them all.
+PRETRAINED_CONFIG ?= pretrained/models.config
 # Triton's perf_analyzer, installed by scripts/perf_analyzer.py where the tests look for it.
 PERF_ANALYZER := .perf_analyzer/bin/perf_analyzer
 
@@ -38,7 +39,7 @@ demo: venv
 	$(PYTHON) scripts/demo.py --runs-dir $(RUNS_DIR) --model-base-path $(MODEL_BASE_PATH)
 
 serve: venv
-	$(BIN)/digits-serve --model_config_file pretrained/models.config
+	$(BIN)/digits-serve --model_config_file $(PRETRAINED_CONFIG)
 
 test: venv
 	@# Debian packages some tests drive: chromium (tests/integration/test_web_page.py), wrk and h2load

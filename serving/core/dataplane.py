@@ -229,7 +229,9 @@ class DataPlane:
     def load_model(self, name: str, timeout: float | None = None) -> None:
         """Serve an unloaded model of the config again, on every worker."""
         self._control(f"loading model {name!r}").load(name, timeout)
+        metrics.request_addressed(name)  # a configured name: the access log and metrics say it
 
     def unload_model(self, name: str, timeout: float | None = None) -> None:
         """Stop serving a model of the config on every worker; in-flight requests finish."""
         self._control(f"unloading model {name!r}").unload(name, timeout)
+        metrics.request_addressed(name)

@@ -28,6 +28,8 @@ V2_ROUTES = {
     ("GET", "/v2/models/{name}/ready"), ("GET", "/v2/models/{name}/versions/{version}/ready"),
     ("POST", "/v2/models/{name}/infer"), ("POST", "/v2/models/{name}/versions/{version}/infer"),
     ("GET", "/v2/models/{name}/config"), ("GET", "/v2/models/{name}/versions/{version}/config"),
+    ("POST", v2.REPOSITORY_INDEX_PATH), ("POST", "/v2/repository/models/{name}/load"),
+    ("POST", "/v2/repository/models/{name}/unload"),
 }
 V2_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
              response_schema_conformance]
