@@ -107,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the baseline server's flags (default: --server-args); alone: the same code with these flags",
     )
     base.add_argument(
+        "--baseline-model-name",
+        metavar="NAME",
+        help="the model the baseline rounds address (default --model-name); alone: the same code "
+        "and flags serving the same models, so two models are measured side by side",
+    )
+    base.add_argument(
         "--baseline-json",
         metavar="FILE",
         help="no second server: compare with an earlier run's perf.json (not interleaved)",
@@ -136,7 +142,8 @@ def check_arguments(args: argparse.Namespace) -> list[Scenario]:
         raise ValueError("--rounds and --duration must be >= 1, --warmup >= 0")
     if args.baseline_rev and args.baseline_source:
         raise ValueError("give --baseline-rev or --baseline-source, not both")
-    second = args.baseline_rev or args.baseline_source or args.baseline_server_args is not None
+    second = (args.baseline_rev or args.baseline_source or args.baseline_server_args is not None
+              or args.baseline_model_name)
     if args.baseline_json and second:
         raise ValueError("--baseline-json compares with an earlier run: no baseline server with it")
     return scenarios
@@ -213,6 +220,13 @@ def served_delta(before: dict, after: dict, api: str, protocol: str = TFSERVING)
     return round(sum(delta.values())), round(sum(v for k, v in delta.items() if k[3] != "OK"))
 
 
+def model_of(label: str, args: argparse.Namespace) -> str:
+    """The model a server's rounds address: ``--baseline-model-name`` for the baseline's."""
+    if label == BASELINE and args.baseline_model_name:
+        return args.baseline_model_name
+    return args.model_name
+
+
 def target_url(server: StartedServer, scenario: Scenario, model_name: str) -> str:
     """Where a scenario's requests go: the path's REST route or gRPC method on ``server``."""
     spec = ModelSpec(name=model_name)
@@ -237,7 +251,8 @@ def run_round(
     duration = args.duration if index >= 0 else args.warmup
     log_file = work / f"h2load-{label}-{scenario.name}.log"
     log_file.unlink(missing_ok=True)  # never an earlier round's rows
-    url, request_file = target_url(server, scenario, args.model_name), inputs.files[scenario.protocol]
+    url = target_url(server, scenario, model_of(label, args))
+    request_file = inputs.files[scenario.protocol]
     if scenario.api == "rest":
         command = gen.wrk_command(url, scenario.connections, duration, request_file, args.timeout)
     else:
@@ -273,7 +288,7 @@ def verify(
 ) -> None:
     """A real predict per batch size on every path measured: well-formed, and the same answer on
     each (bit-identical probabilities: one data plane behind every protocol)."""
-    spec = ModelSpec(name=args.model_name)
+    spec = ModelSpec(name=model_of(label, args))
     for n, item in inputs.items():
         answers = {}
         for key in sorted(paths | {"rest"}):
@@ -355,7 +370,8 @@ def start_servers(args: argparse.Namespace, out: Path) -> list[tuple[str, Starte
         model_config_file=args.model_config_file,
     )
     started.append((NEW, server, described + flags))
-    if args.baseline_rev or args.baseline_source or args.baseline_server_args is not None:
+    if (args.baseline_rev or args.baseline_source or args.baseline_server_args is not None
+            or args.baseline_model_name):
         source, what = None, "the same code"
         if args.baseline_rev:
             source = out / "baseline-src"
@@ -365,13 +381,14 @@ def start_servers(args: argparse.Namespace, out: Path) -> list[tuple[str, Starte
         flags = args.server_args if args.baseline_server_args is None else args.baseline_server_args
         server = start_server(
             args.model_base_path,
-            args.model_name,
+            model_of(BASELINE, args),
             out / "server-baseline.log",
             flags,
             source=source,
             model_config_file=args.model_config_file,
         )
-        started.append((BASELINE, server, what + (f" with `{flags}`" if flags else "")))
+        model = f", model {args.baseline_model_name}" if args.baseline_model_name else ""
+        started.append((BASELINE, server, what + (f" with `{flags}`" if flags else "") + model))
     return started  # fmt: skip
 
 
@@ -383,10 +400,12 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"error: {', '.join(missing)} not found; {gen.INSTALL_HINT}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out)
-    (out / "work").mkdir(parents=True, exist_ok=True)
-    inputs = prepare_inputs(
-        {s.images for s in scenarios}, args.mnist_dir, ModelSpec(name=args.model_name), out / "work"
-    )
+    inputs = {}  # per model addressed: the request bodies name it
+    for name in {model_of(NEW, args), model_of(BASELINE, args)}:
+        (out / "work" / name).mkdir(parents=True, exist_ok=True)
+        inputs[name] = prepare_inputs(
+            {s.images for s in scenarios}, args.mnist_dir, ModelSpec(name=name), out / "work" / name
+        )
     load_start = os.getloadavg()
     print(f"perf: starting the server(s) over {_served(args)} ...", flush=True)
     servers = start_servers(args, out)
@@ -411,27 +430,29 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
 def measure(
     servers: list[tuple[str, StartedServer, str]],
     scenarios: list[Scenario],
-    inputs: dict[int, Inputs],
+    inputs: dict[str, dict[int, Inputs]],
     args: argparse.Namespace,
     work: Path,
 ) -> list[Round]:
-    """Every server checked, warmed up, measured in interleaved rounds, and checked again."""
+    """Every server checked, warmed up, measured in interleaved rounds, and checked again.
+    ``inputs``: per model, per batch size."""
     paths = {s.protocol for s in scenarios}
     for label, server, _ in servers:
-        verify(server, label, inputs, paths, args)
+        verify(server, label, inputs[model_of(label, args)], paths, args)
     for scenario in scenarios if args.warmup else ():
         for label, server, _ in servers:
-            run_round(server, label, scenario, inputs[scenario.images], args, -1, work)
+            run_round(server, label, scenario, inputs[model_of(label, args)][scenario.images], args, -1, work)
     rounds: list[Round] = []
     for index in range(args.rounds):
         order = servers if index % 2 == 0 else servers[::-1]  # drift in the machine's load falls on both
         for scenario in scenarios:
             for label, server, _ in order:
-                r = run_round(server, label, scenario, inputs[scenario.images], args, index, work)
+                r = run_round(server, label, scenario, inputs[model_of(label, args)][scenario.images],
+                              args, index, work)
                 rounds.append(r)
                 _progress(r, args.rounds)
     for label, server, _ in servers:
-        verify(server, label, inputs, paths, args)
+        verify(server, label, inputs[model_of(label, args)], paths, args)
     return rounds
 
 

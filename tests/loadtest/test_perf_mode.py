@@ -289,3 +289,14 @@ def test_a_baseline_from_an_earlier_runs_json(tmp_path: Path) -> None:
     path.write_text(json.dumps(record))
     (loaded,) = perf.load_baseline(path)
     assert loaded.server == BASELINE and loaded.cpu_s == 0.2 and math.isnan(loaded.p99_ms)
+
+
+def test_the_baseline_may_address_another_model_of_the_same_server_config() -> None:
+    args = _args("--baseline-model-name", "lenet5-ensemble")
+    assert perf.check_arguments(args)
+    assert perf.model_of(perf.NEW, args) == "lenet5"
+    assert perf.model_of(perf.BASELINE, args) == "lenet5-ensemble"
+    with pytest.raises(ValueError, match="--baseline-json"):
+        perf.check_arguments(_args("--baseline-model-name", "x", "--baseline-json", "old.json"))
+    plain = _args()
+    assert perf.model_of(perf.BASELINE, plain) == perf.model_of(perf.NEW, plain) == "lenet5"
