@@ -74,6 +74,13 @@ class Settings:
             "reaches a port may then unload every model)"
         },
     )
+    strict_readiness: bool = field(
+        default=True,
+        metadata={
+            "help": "ready (/readyz, /v2/health/ready, gRPC health) only when every configured "
+            "model has a version AVAILABLE (Triton's --strict-readiness); false: when any does"
+        },
+    )
     port: int = field(default=GRPC_PORT, metadata={"help": "gRPC port"})
     rest_api_port: int = field(default=REST_PORT, metadata={"help": "REST port; 0 disables REST"})
     host: str = field(default="0.0.0.0", metadata={"help": "address both servers bind"})

@@ -62,12 +62,14 @@ class DataPlane:
         max_batch: int = MAX_BATCH_SIZE,
         quality_sample_every: int = Settings.quality_sample_every,
         control: ModelControl | None = None,
+        strict_readiness: bool = Settings.strict_readiness,
     ) -> None:
         # One repository (and its batcher) is a server of one model, built by the caller.
         if isinstance(models, ModelRepository):
             models = ServedModels.of(models, batcher)
         self.models = models
         self.control = control  # None: the models are fixed (built by the caller)
+        self.strict_readiness = strict_readiness
         self.max_batch = max_batch
         self.quality_sample_every = max(1, quality_sample_every)
         self._recorders: dict[tuple[str, int], metrics.QualityRecorder] = {}  # per model version
@@ -82,9 +84,9 @@ class DataPlane:
     # --- lifecycle -----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """Ready to take traffic: every served model has a version AVAILABLE, and we are not
-        shutting down."""
-        return self.models.ready and not self._draining.is_set()
+        """Ready to take traffic: every served model has a version AVAILABLE (any one, without
+        strict readiness), and we are not shutting down."""
+        return self.models.ready(self.strict_readiness) and not self._draining.is_set()
 
     def start_draining(self) -> None:
         """Readiness turns false; requests already accepted still finish."""

@@ -97,11 +97,10 @@ class ServedModels:
     def __contains__(self, name: object) -> bool:
         return name in self._served
 
-    @property
-    def ready(self) -> bool:
-        """True when every served model has a version AVAILABLE (and at least one model serves)."""
-        served = self._served
-        return bool(served) and all(model.repository.ready for model in served.values())
+    def ready(self, strict: bool = True) -> bool:
+        """True when every served model has a version AVAILABLE (``strict``) or any one does."""
+        served = [model.repository.ready for model in self._served.values()]
+        return bool(served) and (all(served) if strict else any(served))
 
     # --- changes (the control plane's thread) ---------------------------------------------------
     def apply(self, entries: Sequence[ModelEntry], unloaded: Iterable[str] = ()) -> None:

@@ -131,7 +131,8 @@ def build_dataplane(settings: Settings, role: str) -> DataPlane:
                            mode=settings.model_control_mode)
     control.start()  # the current models, loaded, before this worker serves
     metrics.start_flushing()  # this worker's model-quality tallies, every second
-    return DataPlane(models, quality_sample_every=settings.quality_sample_every, control=control)
+    return DataPlane(models, quality_sample_every=settings.quality_sample_every, control=control,
+                     strict_readiness=settings.strict_readiness)
 
 
 def _served(dataplane: DataPlane) -> str:
