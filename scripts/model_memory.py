@@ -78,8 +78,10 @@ def main() -> int:
             request = pb.ReloadConfigRequest(config=model_config.to_proto(
                 [ModelEntry(name, str(work / name)) for name in names]))
             with grpc.insecure_channel(server.grpc_target) as channel:
-                channel.unary_unary(RELOAD_CONFIG_RPC, request_serializer=pb.ReloadConfigRequest.SerializeToString,
-                                    response_deserializer=pb.ReloadConfigResponse.FromString)(request, timeout=120)
+                reload = channel.unary_unary(
+                    RELOAD_CONFIG_RPC, request_serializer=pb.ReloadConfigRequest.SerializeToString,
+                    response_deserializer=pb.ReloadConfigResponse.FromString)
+                reload(request, timeout=120)
             _ask_each(server, names)
             after = _memory(workers)
         finally:

@@ -2,8 +2,8 @@
 
 The Locust benchmark (:mod:`loadtest.locust_bench.bench`) generates its load in Python, on the
 cores the server needs; this mode drives the server with wrk (REST) and h2load (gRPC) instead
-(:mod:`loadtest.perf.generators`) and measures what docs/architecture.md sets targets for:
-requests/s, p50/p99 latency, and the server's CPU per request (user+sys of its whole process
+(:mod:`loadtest.perf.generators`) and measures requests/s, p50/p99 latency, and the server's
+CPU per request (user+sys of its whole process
 tree, read before and after each window, divided by the predict answers its own counters saw in
 that window), per scenario (:class:`loadtest.perf.report.Scenario`: a wire path, connections,
 images per request). The paths: TF Serving's REST ``:predict`` and gRPC ``Predict``, and the
@@ -16,9 +16,15 @@ does) and, for honest ratios, a baseline server in the same run: another git rev
 checkout (``--baseline-rev``, exported with ``git archive``), another source tree
 (``--baseline-source``), or the same code with other flags (``--baseline-server-args``). Rounds
 interleave: each round runs every scenario on both servers, the order alternating from round to
-round, so drift in the machine's load falls on both. Reported: medians per scenario and server,
-the per-round ratios new/baseline, the targets met or not. Without a second server,
+round, so drift in the machine's load falls on both. Without a second server,
 ``--baseline-json`` compares with an earlier run's ``perf.json`` (not interleaved: less honest).
+
+The floors, in the same run (:mod:`loadtest.perf.floors`; ``--no-floors`` skips them): ONNX
+Runtime alone on the served model, before and after the rounds, and empty handlers on the same
+transport stacks answering our server's own reply bytes, whose rounds run in the same round
+loop. Reported: medians per scenario and server, the per-round ratios new/baseline, every
+scenario as multiples of its floors, and the targets, set in those multiples, met or not
+(:mod:`loadtest.perf.multiples`).
 
 Nothing fails silently: every window's answers are checked against the server's own counters
 (``serving_requests_total``: a gRPC error is an HTTP 200 that h2load counts as a success), and a
@@ -58,6 +64,28 @@ from contract.mnist import load_split, to_model_input
 from loadtest.checks import NoRequests, add_common_arguments
 from loadtest.paths import BY_KEY
 from loadtest.perf import generators as gen
+from loadtest.perf import multiples
+from loadtest.perf.floors import (
+    FloorServer,
+    capture,
+    floor_threads,
+    measure_ort,
+    rest_interface,
+    served_model_file,
+    start_floor,
+    url_path,
+)
+from loadtest.perf.multiples import (
+    ORT_LARGE_BATCH,
+    STACKS,
+    WSGI,
+    Floors,
+    OrtFloor,
+    floor_label,
+    floor_measures,
+    floor_stacks,
+    is_floor,
+)
 from loadtest.perf.report import BASELINE, NEW, Round, Scenario, markdown, parse_scenarios
 from loadtest.server import StartedServer, cpu_seconds, start_server
 
@@ -132,6 +160,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="seconds of each scenario on each server before the rounds (default 1; 0: none)",
     )
+    load.add_argument(
+        "--no-floors",
+        action="store_true",
+        help="skip the floors (ONNX Runtime alone, empty handlers on the same stacks) and the "
+        "multiples of them: a quicker run",
+    )
     add_common_arguments(load, parser, "reports/perf")
 
 
@@ -155,6 +189,7 @@ class Inputs:
 
     files: dict[str, Path]  # path -> its wrk script (REST paths) or its gRPC frame (gRPC paths)
     images: np.ndarray
+    requests: dict[str, tuple[bytes, dict[str, str]]]  # path -> its body (gRPC: message), headers
 
 
 def _rest_file(out: Path, stem: str, body: bytes, headers: dict[str, str]) -> Path:
@@ -172,18 +207,20 @@ def prepare_inputs(sizes: set[int], mnist_dir: str | None, spec: ModelSpec, out:
     inputs = {}
     for n in sorted(sizes):
         batch = pixels[:n]
-        files = {"rest": _rest_file(out, f"rest-b{n}", predict_body(batch, spec), json_headers)}
+        requests = {"rest": (predict_body(batch, spec), json_headers)}
         for path, tensor_format in (("v2-rest", v2_rest_client.BINARY), ("v2-json", v2_rest_client.JSON)):
             _, body, headers = v2_rest_client.infer_request(batch, spec, tensor_format=tensor_format)
-            files[path] = _rest_file(out, f"{path}-b{n}", body, headers)
+            requests[path] = (body, headers)
+        files = {path: _rest_file(out, f"{path}-b{n}", *request) for path, request in requests.items()}
         grpc_messages = {
             "grpc": predict_request(batch, spec),
             "v2-grpc": v2_grpc_client.infer_request(batch, spec),
         }
         for path, message in grpc_messages.items():
+            requests[path] = (message.SerializeToString(), {})
             files[path] = out / f"{path}-b{n}.bin"
-            files[path].write_bytes(gen.grpc_frame(message.SerializeToString()))
-        inputs[n] = Inputs(files, batch)
+            files[path].write_bytes(gen.grpc_frame(requests[path][0]))
+        inputs[n] = Inputs(files, batch, requests)
     return inputs
 
 
@@ -227,8 +264,9 @@ def model_of(label: str, args: argparse.Namespace) -> str:
     return args.model_name
 
 
-def target_url(server: StartedServer, scenario: Scenario, model_name: str) -> str:
-    """Where a scenario's requests go: the path's REST route or gRPC method on ``server``."""
+def target_url(server: StartedServer | FloorServer, scenario: Scenario, model_name: str) -> str:
+    """Where a scenario's requests go: the path's REST route or gRPC method on ``server`` (a
+    floor serves the same routes)."""
     spec = ModelSpec(name=model_name)
     if scenario.protocol == "rest":
         return server.rest_url + model_path(spec) + ":predict"
@@ -239,7 +277,7 @@ def target_url(server: StartedServer, scenario: Scenario, model_name: str) -> st
 
 
 def run_round(
-    server: StartedServer,
+    server: StartedServer | FloorServer,
     label: str,
     scenario: Scenario,
     inputs: Inputs,
@@ -247,40 +285,51 @@ def run_round(
     index: int,
     work: Path,
 ) -> Round:
-    """One scenario on one server for ``--duration`` seconds (``index`` < 0: a warm-up)."""
+    """One scenario on one server or floor for ``--duration`` seconds (``index`` < 0: a warm-up)."""
     duration = args.duration if index >= 0 else args.warmup
     log_file = work / f"h2load-{label}-{scenario.name}.log"
     log_file.unlink(missing_ok=True)  # never an earlier round's rows
     url = target_url(server, scenario, model_of(label, args))
-    request_file = inputs.files[scenario.protocol]
-    if scenario.api == "rest":
-        command = gen.wrk_command(url, scenario.connections, duration, request_file, args.timeout)
-    else:
-        command = gen.h2load_command(
-            url, scenario.connections, duration, request_file, log_file, args.timeout
-        )
-    before = scrape(server.rest_url)
+    command = _generator_command(scenario, url, inputs.files[scenario.protocol], duration, log_file, args)
+    counted = not is_floor(label)  # a floor keeps no counters: the generator's count divides
+    before = scrape(server.rest_url) if counted else {}
     cpu_before = cpu_seconds(server.pid)
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
     cpu_s = cpu_seconds(server.pid) - cpu_before
-    after = scrape(server.rest_url)
-    if done.returncode != 0:
-        raise RuntimeError(f"{command[0]} exited with {done.returncode}: {done.stderr.strip()[-800:]}")
-    try:
-        if scenario.api == "rest":
-            result = gen.parse_wrk(done.stdout)
-        else:
-            result = gen.parse_h2load(done.stdout, log_file.read_text() if log_file.exists() else "")
-    except ValueError as exc:  # not a bad command line: the generator said something unexpected
-        raise RuntimeError(str(exc)) from None
+    after = scrape(server.rest_url) if counted else {}
+    result = _generator_result(scenario, command, done, log_file)
     if result.requests == 0:
         said = result.detail or done.stderr.strip()[-300:] or "no errors"
         cause = f"{command[0]} got no answer from {url} (it said: {said}); is the server up and answering?"
         raise NoRequests(f"{scenario.name} on the {label} server", duration, cause)
-    served, server_errors = served_delta(before, after, scenario.api, scenario.wire_protocol)
+    served, server_errors = (
+        served_delta(before, after, scenario.api, scenario.wire_protocol) if counted else (-1, -1)
+    )
     return Round(label, scenario.name, index, scenario.images, result.requests, result.duration_s, result.rps,
                  result.p50_ms, result.p99_ms, result.max_ms, result.errors, served, server_errors, cpu_s,
                  os.getloadavg()[0], result.detail)  # fmt: skip
+
+
+def _generator_command(
+    scenario: Scenario, url: str, request: Path, duration: float, log_file: Path, args: argparse.Namespace
+) -> list[str]:
+    if scenario.api == "rest":
+        return gen.wrk_command(url, scenario.connections, duration, request, args.timeout)
+    return gen.h2load_command(url, scenario.connections, duration, request, log_file, args.timeout)
+
+
+def _generator_result(
+    scenario: Scenario, command: list[str], done: subprocess.CompletedProcess, log_file: Path
+) -> gen.GeneratorResult:
+    """What wrk or h2load said; RuntimeError when it failed or said something unexpected."""
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited with {done.returncode}: {done.stderr.strip()[-800:]}")
+    try:
+        if scenario.api == "rest":
+            return gen.parse_wrk(done.stdout)
+        return gen.parse_h2load(done.stdout, log_file.read_text() if log_file.exists() else "")
+    except ValueError as exc:  # not a bad command line: the generator said something unexpected
+        raise RuntimeError(str(exc)) from None
 
 
 def verify(
@@ -378,7 +427,7 @@ def start_servers(args: argparse.Namespace, out: Path) -> list[tuple[str, Starte
             what = f"git {args.baseline_rev} ({export_revision(args.baseline_rev, source)})"
         elif args.baseline_source:
             source, what = Path(args.baseline_source).resolve(), f"source tree {args.baseline_source}"
-        flags = args.server_args if args.baseline_server_args is None else args.baseline_server_args
+        flags = baseline_flags(args)
         server = start_server(
             args.model_base_path,
             model_of(BASELINE, args),
@@ -400,6 +449,7 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"error: {', '.join(missing)} not found; {gen.INSTALL_HINT}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out)
+    model_file, no_floors = floors_model(args)
     inputs = {}  # per model addressed: the request bodies name it
     for name in {model_of(NEW, args), model_of(BASELINE, args)}:
         (out / "work" / name).mkdir(parents=True, exist_ok=True)
@@ -409,61 +459,165 @@ def run_perf(args: argparse.Namespace, argv: list[str]) -> int:
     load_start = os.getloadavg()
     print(f"perf: starting the server(s) over {_served(args)} ...", flush=True)
     servers = start_servers(args, out)
+    floor_servers: list[FloorServer] = []
+    floors = None
     try:
-        rounds = measure(servers, scenarios, inputs, args, out / "work")
+        replies = {} if model_file is None else start_floors(servers, scenarios, inputs, args, floor_servers)
+        rounds, ort = measure(servers, floor_servers, scenarios, inputs, args, model_file)
+        if ort is not None:
+            floors = Floors(ort, rest_interfaces(args, servers), replies)
     finally:
+        for floor in floor_servers:
+            print(f"perf: stopping the {floor.label} server (exit status {floor.stop()})", flush=True)
         for label, server, _ in servers:
             print(f"perf: stopping the {label} server (exit status {server.stop()})", flush=True)
     baseline_text = next((what for label, _, what in servers if label == BASELINE), None)
     if args.baseline_json:
         rounds += load_baseline(Path(args.baseline_json))
         baseline_text = f"the new server of the earlier run {args.baseline_json} (not interleaved)"
-    header = _header(args, argv, servers[0][2], baseline_text, load_start)
-    write_report(out, header, scenarios, rounds)
-    errors = sum(r.errors for r in rounds if r.server == NEW or not args.baseline_json)
+    header = _header(args, argv, servers[0][2], baseline_text, load_start, no_floors)
+    write_report(out, header, scenarios, rounds, floors, no_floors)
+    errors = sum(r.errors for r in rounds if r.server != BASELINE or not args.baseline_json)
     if errors:
         print(f"error: the benchmark saw {errors} failed requests (see the errors column)", file=sys.stderr)
         return EXIT_UNHEALTHY
     return EXIT_OK
 
 
-def measure(
+def floors_model(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """(the served model.onnx, "") when the floors are measured, else (None, why not)."""
+    if args.no_floors:
+        return None, "--no-floors"
+    try:
+        return served_model_file(args.model_base_path, args.model_config_file, args.model_name), ""
+    except ValueError as exc:  # a repository this harness cannot read: the servers say more
+        print(f"warning: the floors are not measured: {exc}", file=sys.stderr)
+        return None, str(exc)
+
+
+def baseline_flags(args: argparse.Namespace) -> str:
+    """The baseline server's flags: ``--baseline-server-args``, else ``--server-args``."""
+    return args.server_args if args.baseline_server_args is None else args.baseline_server_args
+
+
+def rest_interfaces(
+    args: argparse.Namespace, servers: list[tuple[str, StartedServer, str]]
+) -> dict[str, str]:
+    """The REST interface (rsgi / wsgi) of each server measured on the floors' model: the new one,
+    and the baseline when it runs beside it on the same model."""
+    found = {NEW: rest_interface(args.server_args)}
+    if any(label == BASELINE for label, _, _ in servers) and not args.baseline_model_name:
+        found[BASELINE] = rest_interface(baseline_flags(args))
+    return found
+
+
+def start_floors(
     servers: list[tuple[str, StartedServer, str]],
     scenarios: list[Scenario],
     inputs: dict[str, dict[int, Inputs]],
     args: argparse.Namespace,
-    work: Path,
-) -> list[Round]:
-    """Every server checked, warmed up, measured in interleaved rounds, and checked again.
-    ``inputs``: per model, per batch size."""
+    started: list[FloorServer],
+) -> dict[str, int]:
+    """The transport floors the scenarios need, started (into ``started``) and answering what the
+    new server answers to each scenario's request; the size of each answer ("rest-b1": bytes)."""
+    new = servers[0][1]
+    exchanges = {}
+    for s in scenarios:
+        key = f"{s.protocol}-b{s.images}"
+        if key not in exchanges:
+            body, headers = inputs[args.model_name][s.images].requests[s.protocol]
+            where = new.grpc_target if s.api == "grpc" else new.rest_url
+            path = url_path(target_url(new, s, args.model_name))
+            exchanges[key] = capture(s.api, where, path, body, headers, args.timeout)
+    interfaces = rest_interfaces(args, servers)
+    for stack in floor_stacks(scenarios, interfaces.values()):
+        print(f"perf: starting the transport floor {floor_label(stack)} ({STACKS[stack]}) ...", flush=True)
+        flags = args.server_args if stack != WSGI or interfaces[NEW] == WSGI else baseline_flags(args)
+        started.append(
+            start_floor(stack, list(exchanges.values()), floor_threads(stack, flags), Path(args.out) / "work",
+                        args.timeout)
+        )  # fmt: skip
+    return {key: len(e.reply.body) for key, e in exchanges.items()}
+
+
+def measure(
+    servers: list[tuple[str, StartedServer, str]],
+    floor_servers: list[FloorServer],
+    scenarios: list[Scenario],
+    inputs: dict[str, dict[int, Inputs]],
+    args: argparse.Namespace,
+    model_file: Path | None,
+) -> tuple[list[Round], OrtFloor | None]:
+    """Every server checked, warmed up, measured in interleaved rounds (with the transport floors),
+    and checked again; the ONNX Runtime floor of ``model_file`` measured before and after the
+    rounds, when no load runs. ``inputs``: per model, per batch size."""
     paths = {s.protocol for s in scenarios}
     for label, server, _ in servers:
         verify(server, label, inputs[model_of(label, args)], paths, args)
-    for scenario in scenarios if args.warmup else ():
-        for label, server, _ in servers:
-            run_round(server, label, scenario, inputs[model_of(label, args)][scenario.images], args, -1, work)
-    rounds: list[Round] = []
-    for index in range(args.rounds):
-        order = servers if index % 2 == 0 else servers[::-1]  # drift in the machine's load falls on both
-        for scenario in scenarios:
-            for label, server, _ in order:
-                r = run_round(server, label, scenario, inputs[model_of(label, args)][scenario.images],
-                              args, index, work)
-                rounds.append(r)
-                _progress(r, args.rounds)
+    players = [*servers, *((f.label, f, STACKS[f.stack]) for f in floor_servers)]
+    if args.warmup:
+        run_every(players, scenarios, inputs, args, -1)
+    before = ort_floor(model_file, args)
+    rounds = [r for index in range(args.rounds) for r in run_every(players, scenarios, inputs, args, index)]
+    after = ort_floor(model_file, args)
     for label, server, _ in servers:
         verify(server, label, inputs[model_of(label, args)], paths, args)
+    return rounds, (OrtFloor(str(model_file), before, after) if model_file else None)
+
+
+def run_every(
+    players: list[tuple[str, StartedServer | FloorServer, str]],
+    scenarios: list[Scenario],
+    inputs: dict[str, dict[int, Inputs]],
+    args: argparse.Namespace,
+    index: int,
+) -> list[Round]:
+    """Round ``index`` (< 0: the warm-up): every scenario on every server and floor that runs it,
+    the order flipped every round so that drift in the machine's load falls on all."""
+    order = players if index % 2 == 0 else players[::-1]
+    rounds = []
+    for scenario in scenarios:
+        for label, server, _ in order:
+            if floor_measures(label, scenario):
+                model_inputs = inputs[model_of(label, args)][scenario.images]
+                work = Path(args.out) / "work"
+                rounds.append(run_round(server, label, scenario, model_inputs, args, index, work))
+                if index >= 0:
+                    _progress(rounds[-1], args.rounds)
     return rounds
 
 
-def write_report(out: Path, header: str, scenarios: list[Scenario], rounds: list[Round]) -> None:
-    """perf.md and perf.json under ``out``; the markdown printed too."""
-    report = markdown(header, scenarios, rounds)
+def ort_floor(model_file: Path | None, args: argparse.Namespace) -> dict[str, float]:
+    """ONNX Runtime alone on the served model, ``--duration`` seconds per batch size (none: {})."""
+    if model_file is None:
+        return {}
+    print(f"perf: the ONNX Runtime floor of {model_file} ...", flush=True)
+    digits = to_model_input(load_split("t10k", args.mnist_dir)[0][:ORT_LARGE_BATCH])
+    return measure_ort(model_file, digits, args.duration, Path(args.out) / "work")
+
+
+def write_report(
+    out: Path,
+    header: str,
+    scenarios: list[Scenario],
+    rounds: list[Round],
+    floors: Floors | None,
+    no_floors: str = "",
+) -> None:
+    """perf.md and perf.json under ``out`` (``no_floors``: why there are no floors); the markdown
+    printed too."""
+    report = markdown(header, scenarios, rounds) + multiples.markdown(scenarios, rounds, floors, no_floors)
     (out / "perf.md").write_text(report)
     record = {
         "header": header,
         "scenarios": [s.name for s in scenarios],
         "rounds": [r.as_dict() for r in rounds],
+        "floors": floors.as_dict() if floors else {"not_measured": no_floors},
+        "multiples": [m.as_dict() for m in multiples.multiples(rounds, scenarios, floors)] if floors else [],
+        "targets": [
+            {"target": text, "scenario": scenario, "measured": value, "met": met}
+            for text, scenario, value, met in multiples.check_targets(scenarios, rounds, floors)
+        ],
     }
     (out / "perf.json").write_text(json.dumps(record, indent=1, default=lambda x: None if x != x else x))
     print(report)
@@ -498,7 +652,12 @@ def _served(args: argparse.Namespace) -> str:
 
 
 def _header(
-    args: argparse.Namespace, argv: list[str], new: str, baseline: str | None, load_start: tuple
+    args: argparse.Namespace,
+    argv: list[str],
+    new: str,
+    baseline: str | None,
+    load_start: tuple,
+    no_floors: str = "",
 ) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     start, end = ("/".join(f"{x:.1f}" for x in load) for load in (load_start, os.getloadavg()))
@@ -519,5 +678,11 @@ def _header(
         + (", interleaved (the order alternating each round)" if baseline and not args.baseline_json else "")
         + "; medians. Server CPU = user+sys of the server's whole process tree per predict answer "
         "its own counters saw; errors = the generator's plus the server's non-OK answers.",
+        f"- floors: none ({no_floors})" if no_floors else
+        "- floors: ONNX Runtime alone on the served model.onnx (its own process, one intra-op and "
+        f"one inter-op thread, {args.duration} s per batch size) before and after the rounds, the "
+        "mean used; empty handlers answering our server's own reply bytes (granian RSGI / WSGI "
+        "with one worker, grpcio in one process on raw bytes), driven by the same generator "
+        "commands in the same rounds, CPU = their process tree's per answer the generator counted.",
     ]  # fmt: skip
     return "\n".join(lines)

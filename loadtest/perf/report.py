@@ -1,10 +1,11 @@
-"""The perf benchmark's results: rounds, medians, ratios against the baseline, the targets.
+"""The perf benchmark's results: rounds, medians, ratios against the baseline.
 
 Nothing here runs a server or a generator (:mod:`loadtest.perf.bench` does): a :class:`Round` is one
-scenario measured once on one server; ``summarise`` takes the median of each scenario's rounds
-per server and the per-round ratios new/baseline (rounds are paired by their index: round k of
-the new server ran next to round k of the baseline); ``markdown`` writes the table that goes
-into docs/performance.md, with the targets of docs/architecture.md checked (met / not met).
+scenario measured once on one server (or on a transport floor: :mod:`loadtest.perf.multiples`,
+which also holds the targets); ``summarise`` takes the median of each scenario's rounds per
+server and the per-round ratios new/baseline (rounds are paired by their index: round k of the
+new server ran next to round k of the baseline); ``markdown`` writes the servers' table and the
+ratios that go into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 from loadtest.paths import BY_KEY
 
@@ -78,7 +79,7 @@ def parse_scenarios(text: str) -> list[Scenario]:
 class Round:
     """One scenario measured once on one server."""
 
-    server: str  # NEW or BASELINE
+    server: str  # NEW, BASELINE or a transport floor (floor-rsgi, floor-wsgi, floor-grpc)
     scenario: str
     round: int
     images: int
@@ -89,7 +90,7 @@ class Round:
     p99_ms: float
     max_ms: float
     generator_errors: int
-    served: int  # predict answers the server counted in the window (its metrics); -1 unknown
+    served: int  # predict answers the server counted in the window (its metrics); -1 unknown (floors)
     server_errors: int  # of which not OK
     cpu_s: float  # the server process tree's user+sys time over the window
     load_average: float
@@ -131,32 +132,7 @@ class Summary:
     errors: int
 
 
-@dataclass(frozen=True)
-class Target:
-    """One line of the targets table in docs/architecture.md."""
-
-    text: str
-    metric: str  # a key of Summary.medians
-    limit: float
-    applies: Callable[[Scenario], bool] = field(compare=False)
-
-
-TARGETS = (
-    Target("REST server CPU ≤ 220 µs per single-image request", "cpu_us_per_request", 220,
-           lambda s: s.protocol == "rest" and s.images == 1),
-    Target("gRPC server CPU ≤ 380 µs per single-image request", "cpu_us_per_request", 380,
-           lambda s: s.protocol == "grpc" and s.images == 1),
-    Target("64-image gRPC server CPU ≤ 22 µs per image", "cpu_us_per_image", 22,
-           lambda s: s.protocol == "grpc" and s.images == 64),
-    Target("REST p99 ≤ 1 ms at 1 client", "p99_ms", 1.0,
-           lambda s: s.protocol == "rest" and s.images == 1 and s.connections == 1),
-    Target("REST p99 ≤ 5 ms at 16 clients", "p99_ms", 5.0,
-           lambda s: s.protocol == "rest" and s.images == 1 and s.connections == 16),
-)  # fmt: skip
-ZERO_ERRORS = "zero errors"
-
-
-def _median(values: Iterable[float]) -> float:
+def median(values: Iterable[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return statistics.median(finite) if finite else math.nan
 
@@ -167,7 +143,7 @@ def summarise(rounds: list[Round]) -> dict[tuple[str, str], Summary]:
     for r in rounds:
         groups.setdefault((r.scenario, r.server), []).append(r)
     return {
-        key: Summary(key[0], key[1], len(rows), {m: _median(getattr(r, m) for r in rows) for m in METRICS},
+        key: Summary(key[0], key[1], len(rows), {m: median(getattr(r, m) for r in rows) for m in METRICS},
                      sum(r.errors for r in rows))
         for key, rows in groups.items()
     }  # fmt: skip
@@ -184,26 +160,7 @@ def round_ratios(rounds: list[Round], scenario: str, metric: str) -> list[float]
     return ratios
 
 
-def check_targets(
-    scenarios: list[Scenario], summaries: dict[tuple[str, str], Summary], server: str = NEW
-) -> list[tuple[str, str, float, bool]]:
-    """(target, scenario, measured median, met) for every target that applies to a scenario run,
-    then zero errors over all of them (scenario ``all``)."""
-    checks = []
-    for target in TARGETS:
-        for scenario in scenarios:
-            summary = summaries.get((scenario.name, server))
-            if summary is None or not target.applies(scenario):
-                continue
-            value = summary.medians[target.metric]
-            checks.append(
-                (target.text, scenario.name, value, not math.isnan(value) and value <= target.limit)
-            )
-    errors = sum(s.errors for (_, name), s in summaries.items() if name == server)
-    return [*checks, (ZERO_ERRORS, "all", float(errors), errors == 0)]
-
-
-def _num(value: float, fmt: str) -> str:
+def num(value: float, fmt: str) -> str:
     return "—" if value is None or math.isnan(value) else fmt.format(value)
 
 
@@ -212,7 +169,7 @@ def _ratio(values: list[float]) -> str:
 
 
 def markdown(header: str, scenarios: list[Scenario], rounds: list[Round]) -> str:
-    """The report: how it was run, one row per scenario and server, ratios, targets met or not."""
+    """The report: how it was run, one row per scenario and server, the ratios new / baseline."""
     summaries = summarise(rounds)
     has_baseline = any(r.server == BASELINE for r in rounds)
     lines = [header, ""]
@@ -225,11 +182,11 @@ def markdown(header: str, scenarios: list[Scenario], rounds: list[Round]) -> str
                 continue
             m = s.medians
             cells = [
-                _num(m["rps"], "{:,.0f}"),
-                _num(m["p50_ms"], "{:.2f}"),
-                _num(m["p99_ms"], "{:.2f}"),
-                _num(m["cpu_us_per_request"], "{:.0f}"),
-                _num(m["cpu_us_per_image"], "{:.1f}"),
+                num(m["rps"], "{:,.0f}"),
+                num(m["p50_ms"], "{:.2f}"),
+                num(m["p99_ms"], "{:.2f}"),
+                num(m["cpu_us_per_request"], "{:.0f}"),
+                num(m["cpu_us_per_image"], "{:.1f}"),
             ]
             lines.append(f"| {scenario.name} | {server} | {s.rounds} | {' | '.join(cells)} | {s.errors} |")
     if has_baseline:
@@ -244,11 +201,6 @@ def markdown(header: str, scenarios: list[Scenario], rounds: list[Round]) -> str
             cells = []
             for metric in ("cpu_us_per_request", "rps", "p99_ms"):
                 ratios = round_ratios(rounds, scenario.name, metric)
-                cells.append(f"**{_median(ratios):.2f}** ({_ratio(ratios)})" if ratios else "—")
+                cells.append(f"**{median(ratios):.2f}** ({_ratio(ratios)})" if ratios else "—")
             lines.append(f"| {scenario.name} | " + " | ".join(cells) + " |")
-    lines += ["", "Targets (docs/architecture.md), medians of the new server:", ""]
-    lines += ["| target | scenario | measured | met |", "|---|---|---|---|"]
-    for text, scenario, value, met in check_targets(scenarios, summaries):
-        shown = _num(value, "{:.0f}" if text == ZERO_ERRORS else "{:.2f}")
-        lines.append(f"| {text} | {scenario} | {shown} | {'met' if met else '**not met**'} |")
     return "\n".join(lines) + "\n"

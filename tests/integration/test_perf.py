@@ -42,7 +42,8 @@ def test_perf_measures_every_scenario_on_both_servers(
     out = tmp_path / "perf"
     command = [
         sys.executable, "-m", "loadtest", "perf", "--model-base-path", str(model_base_path),
-        "--server-args", "--access_log false", "--baseline-server-args", "--access_log true",
+        "--server-args", "--access_log false",
+        "--baseline-server-args", "--access_log true --rest_api_interface wsgi",
         "--rounds", "1", "--duration", "1", "--warmup", "0", "--mnist-dir", str(mnist_dir), "--out", str(out),
         "--scenarios", ",".join(SCENARIOS + V2_SCENARIOS),
     ]  # fmt: skip
@@ -51,16 +52,51 @@ def test_perf_measures_every_scenario_on_both_servers(
     record = json.loads((out / "perf.json").read_text())
     assert record["scenarios"] == SCENARIOS + V2_SCENARIOS
     rows = {(r["server"], r["scenario"]): r for r in record["rounds"]}
-    assert set(rows) == {(server, s) for server in ("new", "baseline") for s in SCENARIOS + V2_SCENARIOS}
-    for row in rows.values():
-        assert row["requests"] > 0 and row["generator_errors"] == 0 and row["server_errors"] == 0
-        assert row["served"] >= row["requests"]  # the server's own count: every answer seen
+    servers = {(server, s) for server in ("new", "baseline") for s in SCENARIOS + V2_SCENARIOS}
+    # the transport floors, in the same rounds: granian RSGI for REST paths, and WSGI too (the
+    # baseline runs it), grpcio for gRPC paths
+    rest = [s for s in SCENARIOS + V2_SCENARIOS if not s.startswith(("grpc", "v2-grpc"))]
+    grpc = [s for s in SCENARIOS + V2_SCENARIOS if s not in rest]
+    floors = {(f"floor-{stack}", s) for stack in ("rsgi", "wsgi") for s in rest}
+    floors |= {("floor-grpc", s) for s in grpc}
+    assert set(rows) == servers | floors
+    for key, row in rows.items():
+        assert row["requests"] > 0 and row["generator_errors"] == 0 and row["server_errors"] in (0, -1)
+        if key in servers:
+            assert row["served"] >= row["requests"]  # the server's own count: every answer seen
         assert 0 < row["cpu_us_per_request"] < 1e5 and row["p99_ms"] >= row["p50_ms"] > 0
     assert rows[("new", "grpc-b64-c1")]["images"] == 64
+    _check_floors(record)
     report = (out / "perf.md").read_text()
     assert report.strip() == done.stdout[done.stdout.index("### ") :].split("report: ")[0].strip()
     assert "Ratios new / baseline" in report and "| zero errors | all | 0 | met |" in report
-    assert "the same code with `--access_log true`" in report
+    assert "the same code with `--access_log true --rest_api_interface wsgi`" in report
+    assert "Floors measured in this run" in report and "| rest-c1 | granian WSGI, one worker | 1 |" in report
+    assert "| REST at 1 connection ≤ 1.25x (transport floor + ORT floor) | rest-c1 |" in report
+    assert "220 µs" not in report and "p99 ≤" not in report  # the absolute targets are gone
+
+
+def _check_floors(record: dict) -> None:
+    """The ORT floor before and after, the replies' sizes, and every scenario as multiples."""
+    floors = record["floors"]
+    for when in ("before", "after"):
+        assert 0 < floors["ort"][when]["b64_image_us"] < floors["ort"][when]["b1_call_us"] < 1e4
+    assert floors["interfaces"] == {"new": "rsgi", "baseline": "wsgi"}
+    paths = {"rest-b1", "grpc-b1", "grpc-b64", "v2-rest-b1", "v2-json-b1", "v2-grpc-b1"}
+    assert set(floors["replies"]) == paths and all(size > 0 for size in floors["replies"].values())
+    multiples = {(m["server"], m["scenario"]): m for m in record["multiples"]}
+    assert set(multiples) == {(server, s) for server in ("new", "baseline") for s in SCENARIOS + V2_SCENARIOS}
+    assert multiples[("new", "rest-c1")]["transport"] == "floor-rsgi"
+    assert multiples[("baseline", "rest-c1")]["transport"] == "floor-wsgi"
+    assert multiples[("new", "grpc-b64-c1")]["ort_us"] == pytest.approx(64 * floors["ort"]["b64_image_us"])
+    for m in multiples.values():
+        assert 0 < m["vs_floors_median"] < m["vs_ort_median"]
+    targets = {(t["target"].split(" ")[0], t["scenario"]) for t in record["targets"]}
+    assert targets == {
+        ("REST", "rest-c1"), ("REST", "rest-c16"), ("gRPC", "grpc-c1"), ("gRPC", "grpc-c16"),
+        ("64-image", "grpc-b64-c1"), ("V2", "v2-rest-c16"), ("V2", "v2-json-c1"), ("V2", "v2-grpc-c16"),
+        ("zero", "all"),
+    }  # fmt: skip
 
 
 @needs_generators
