@@ -34,10 +34,17 @@ from typing import Any
 
 import grpc
 
-from serving.settings import Settings
-
 KINDS = ("rsgi", "wsgi", "grpc")
 ROUTES_ENV = "LOADTEST_FLOOR_ROUTES"  # granian's worker finds its routes file here
+
+
+def _server_defaults() -> Any:
+    """The server's flag defaults (``serving.settings.Settings``); imported when a floor starts,
+    never when the harness imports this module: ``python -m loadtest`` and Locust's processes
+    never load the server."""
+    from serving.settings import Settings
+
+    return Settings
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,8 @@ def serve_granian(kind: str, port: int, routes_file: Path, threads: int) -> None
         workers=1,
         blocking_threads=1 if rsgi else threads,
         websockets=False,
-        backpressure=Settings.rest_api_max_connections,
-        http1_settings=HTTP1Settings(header_read_timeout=Settings.rest_api_header_timeout_in_ms),
+        backpressure=_server_defaults().rest_api_max_connections,
+        http1_settings=HTTP1Settings(header_read_timeout=_server_defaults().rest_api_header_timeout_in_ms),
         log_access=False,
         log_level="warning",
     )
@@ -180,8 +187,8 @@ def build_grpc(port: int, routes: Routes, threads: int) -> grpc.Server:
         handlers=[RawBytesHandler(routes)],
         options=[
             ("grpc.so_reuseport", 0),  # one process here: the port is its alone
-            ("grpc.max_receive_message_length", Settings.max_request_bytes),
-            ("grpc.max_send_message_length", Settings.max_request_bytes),
+            ("grpc.max_receive_message_length", _server_defaults().max_request_bytes),
+            ("grpc.max_send_message_length", _server_defaults().max_request_bytes),
         ],
         maximum_concurrent_rpcs=threads * 32,
     )
@@ -213,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.kind == "grpc":
-        serve_grpc(args.port, args.routes, args.threads or Settings.grpc_max_threads)
+        serve_grpc(args.port, args.routes, args.threads or _server_defaults().grpc_max_threads)
     else:
-        serve_granian(args.kind, args.port, args.routes, args.threads or Settings.rest_api_num_threads)
+        threads = args.threads or _server_defaults().rest_api_num_threads
+        serve_granian(args.kind, args.port, args.routes, threads)
     return 0
 
 

@@ -36,7 +36,6 @@ from contract import model_config, v2
 from loadtest.perf.floor_server import Reply, Routes, write_routes
 from loadtest.perf.multiples import GRPC, WSGI, floor_label
 from loadtest.server import free_port
-from serving.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,9 @@ def measure_ort(model: Path, images: np.ndarray, seconds: float, work: Path) -> 
 # --- a server's stacks, from its flags ---------------------------------------------------------
 def _flags(flags: str) -> argparse.Namespace:
     """The flags the floors copy (flag beats environment beats default, as the server reads them)."""
+    # Here, not at the top: `python -m loadtest` (Locust's processes too) never loads the server.
+    from serving.settings import ENV_PREFIX, Settings
+
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name, kind in (("rest_api_interface", str), ("rest_api_num_threads", int), ("grpc_max_threads", int)):
         default = os.environ.get(ENV_PREFIX + name.upper(), getattr(Settings, name))
