@@ -8,6 +8,9 @@ Fixtures:
   client's integration tests: keep this interface stable.
 - ``server_factory`` (function): starts extra servers with their own flags / repositories for
   tests that add, corrupt or kill things; each is stopped at the end of its test.
+
+``start_server`` starts one over a repository or a model config file; ``BackgroundLoad`` is
+client threads predicting until a block ends, counting every failure.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -118,17 +123,25 @@ def copy_repository(source: Path, destination: Path, versions: list[int] | None 
     return destination
 
 
-def start_server(model_base_path: Path, log_path: Path, *extra_args: str, wait: bool = True) -> RunningServer:
-    """Start ``python -m serving`` on free loopback ports and (by default) wait until ready."""
+def start_server(
+    model_base_path: Path | None,
+    log_path: Path,
+    *extra_args: str,
+    wait: bool = True,
+    model_config_file: Path | None = None,
+) -> RunningServer:
+    """Start ``python -m serving`` on free loopback ports and (by default) wait until ready: over
+    one repository, or over the models of ``model_config_file`` (then ``model_base_path`` None)."""
     grpc_port, rest_port = free_port(), free_port()
+    if model_config_file is not None:
+        models = ["--model_config_file", str(model_config_file)]
+    else:
+        models = ["--model_name", MODEL_NAME, "--model_base_path", str(model_base_path)]
     args = [
         sys.executable,
         "-m",
         "serving",
-        "--model_name",
-        MODEL_NAME,
-        "--model_base_path",
-        str(model_base_path),
+        *models,
         "--host",
         "127.0.0.1",
         "--port",
@@ -146,7 +159,7 @@ def start_server(model_base_path: Path, log_path: Path, *extra_args: str, wait: 
     server = RunningServer(
         rest_url=f"http://127.0.0.1:{rest_port}",
         grpc_target=f"127.0.0.1:{grpc_port}",
-        model_base_path=model_base_path,
+        model_base_path=model_base_path or Path(model_config_file).parent,
         process=process,
         log_path=log_path,
         args=args,
@@ -158,6 +171,42 @@ def start_server(model_base_path: Path, log_path: Path, *extra_args: str, wait: 
             server.stop(timeout=10)
             raise
     return server
+
+
+class BackgroundLoad:
+    """Client threads, one per named client, each sending :meth:`request` again and again until
+    the block ends (or ``deadline_s``): every exception a request raises is a recorded failure."""
+
+    def __init__(self, clients: dict[str, Callable[[], Any]], deadline_s: float = 120.0) -> None:
+        self.stop = threading.Event()
+        self.failures: list[tuple[str, str]] = []
+        self.count = 0
+        self.deadline_s = deadline_s
+        self.threads = [threading.Thread(target=self._loop, args=(name, make), daemon=True)
+                        for name, make in clients.items()]
+
+    def request(self, name: str, client: Any) -> None:
+        raise NotImplementedError
+
+    def _loop(self, name: str, make_client: Callable[[], Any]) -> None:
+        deadline = time.monotonic() + self.deadline_s
+        with make_client() as client:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    self.request(name, client)
+                except Exception as exc:  # every failure counts, whatever its type
+                    self.failures.append((name, repr(exc)))
+                self.count += 1
+
+    def __enter__(self) -> BackgroundLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")

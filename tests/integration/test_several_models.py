@@ -7,11 +7,7 @@ them is checked on all four through the per-worker gauge ``serving_worker_served
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,8 +26,7 @@ from tritonclient.utils import InferenceServerException
 from client.api import connect
 from client.base import ModelSpec
 from contract import INPUT_SHAPE, METRICS_PATH
-from loadtest.server import free_port
-from tests.integration.conftest import ROOT, RunningServer, copy_repository
+from tests.integration.conftest import BackgroundLoad, RunningServer, copy_repository, start_server
 
 NUM_WORKERS = 2  # per protocol
 WORKERS = 2 * NUM_WORKERS
@@ -49,25 +44,6 @@ def _config(models: dict[str, Path], labels: dict[str, dict[str, int]] | None = 
     return "model_config_list {\n  " + "\n  ".join(items) + "\n}\n"
 
 
-def _start(config_file: Path, log_path: Path, *flags: str, wait: bool = True) -> RunningServer:
-    grpc_port, rest_port = free_port(), free_port()
-    args = [sys.executable, "-m", "serving", "--model_config_file", str(config_file),
-            "--host", "127.0.0.1", "--port", str(grpc_port), "--rest_api_port", str(rest_port),
-            "--num_workers", str(NUM_WORKERS), "--file_system_poll_wait_seconds", "0.5", *flags]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = RunningServer(f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", config_file.parent,
-                           process, log_path, args)
-    if wait:
-        try:
-            server.wait_ready()
-        except BaseException:
-            server.stop(timeout=10)
-            raise
-    return server
-
-
 @pytest.fixture
 def models(model_base_path: Path, tmp_path: Path) -> dict[str, Path]:
     """Three private repositories of the test model: lenet5, other and third."""
@@ -82,7 +58,8 @@ def servers(tmp_path: Path):
     def start(config: str, *flags: str, wait: bool = True) -> RunningServer:
         path = tmp_path / f"models-{len(started)}.config"
         path.write_text(config)
-        server = _start(path, tmp_path / f"server-{len(started)}.log", *flags, wait=wait)
+        server = start_server(None, tmp_path / f"server-{len(started)}.log", "--num_workers",
+                              str(NUM_WORKERS), *flags, wait=wait, model_config_file=path)
         started.append(server)
         return server
 
@@ -131,7 +108,8 @@ def _reload(server: RunningServer, config: dict[str, Path]) -> None:
 
 def test_tf_servings_reload_config_reaches_every_worker_before_it_answers(servers, models) -> None:
     server = servers(_config({"lenet5": models["lenet5"]}), "--model_control_mode", "explicit")
-    assert every_worker_serves(server, {"lenet5"})
+    # Ready is one worker of each protocol answering; all four up before the call counts them.
+    _until(lambda: every_worker_serves(server, {"lenet5"}), "every worker to start")
 
     _reload(server, {"lenet5": models["lenet5"], "third": models["third"]})
     # The answer came: every worker serves the new model, whichever connection asks.
@@ -152,6 +130,7 @@ def test_tf_servings_reload_config_reaches_every_worker_before_it_answers(server
 def test_tritonclients_repository_calls_over_both_transports(servers, models) -> None:
     server = servers(_config({"lenet5": models["lenet5"], "other": models["other"]}),
                      "--model_control_mode", "explicit")
+    _until(lambda: every_worker_serves(server, {"lenet5", "other"}), "every worker to start")
     http = triton_http.InferenceServerClient(server.rest_url.removeprefix("http://"))
     rpc = triton_grpc.InferenceServerClient(server.grpc_target)
     expected = [{"name": "lenet5", "version": "1", "state": "READY", "reason": ""},
@@ -181,6 +160,7 @@ def test_tritonclients_repository_calls_over_both_transports(servers, models) ->
 
 def test_runtime_changes_are_refused_unless_explicit_and_the_index_stays_readable(servers, models) -> None:
     server = servers(_config({"lenet5": models["lenet5"]}))
+    _until(lambda: every_worker_serves(server, {"lenet5"}), "every worker to start")
     http = triton_http.InferenceServerClient(server.rest_url.removeprefix("http://"))
     assert [m["name"] for m in http.get_model_repository_index()] == ["lenet5"]
     with pytest.raises(InferenceServerException, match="--model_control_mode explicit"):
@@ -224,6 +204,7 @@ def test_a_broken_config_file_stops_the_start_and_a_broken_change_is_refused(ser
     assert 'has no field named \\"base_pth\\"' in broken.log()  # a JSON log line
 
     server = servers(_config({"lenet5": models["lenet5"]}), "--model_config_file_poll_wait_seconds", "0.3")
+    _until(lambda: every_worker_serves(server, {"lenet5"}), "every worker to start")
     config_file = Path(server.args[server.args.index("--model_config_file") + 1])
     config_file.write_text(_config({"lenet5": models["lenet5"], "other": models["other"]}))
     _until(lambda: every_worker_serves(server, {"lenet5", "other"}), "the changed config file")
@@ -234,41 +215,19 @@ def test_a_broken_config_file_stops_the_start_and_a_broken_change_is_refused(ser
         assert client.predict(IMAGE).digits.shape == (1,)
 
 
-class Load:
+class Load(BackgroundLoad):
     """Threads predicting on one model over TF Serving REST, V2 REST and gRPC until stopped."""
 
     def __init__(self, server: RunningServer, model: str) -> None:
-        self.stop = threading.Event()
-        self.failures: list[tuple[str, str]] = []
-        self.count = 0
         spec = ModelSpec(name=model)
-        clients = {
+        super().__init__({
             "rest": lambda: connect(rest=server.rest_url, spec=spec),
             "v2-rest": lambda: connect(rest=server.rest_url, protocol="v2", spec=spec),
             "grpc": lambda: connect(grpc=server.grpc_target, spec=spec),
-        }
-        self.threads = [threading.Thread(target=self._loop, args=(n, m), daemon=True)
-                        for n, m in clients.items()]
+        }, LOAD_DEADLINE_S)
 
-    def _loop(self, name: str, make_client) -> None:
-        deadline = time.monotonic() + LOAD_DEADLINE_S
-        with make_client() as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                try:
-                    client.predict(IMAGE)
-                except Exception as exc:  # every failure counts, whatever its type
-                    self.failures.append((name, repr(exc)))
-                self.count += 1
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
+    def request(self, name: str, client) -> None:
+        client.predict(IMAGE)
 
 
 def test_adding_changing_and_removing_models_under_load_never_fails_another_models_request(
@@ -277,6 +236,7 @@ def test_adding_changing_and_removing_models_under_load_never_fails_another_mode
     server = servers(_config({"lenet5": models["lenet5"]}), "--model_control_mode", "explicit",
                      "--model_config_file_poll_wait_seconds", "0.3")
     config_file = Path(server.args[server.args.index("--model_config_file") + 1])
+    _until(lambda: every_worker_serves(server, {"lenet5"}), "every worker to start")
     with Load(server, "lenet5") as load:
         time.sleep(1)
         _reload(server, {"lenet5": models["lenet5"], "other": models["other"]})  # add

@@ -10,7 +10,6 @@ versions the answers carry, over REST and gRPC, through the project's ``client``
 from __future__ import annotations
 
 import os
-import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client.api import connect
 from contract import INPUT_SHAPE, METRICS_PATH, MODEL_NAME, ONNX_FILENAME, model_versions, version_path
-from tests.integration.conftest import copy_repository
+from tests.integration.conftest import BackgroundLoad, copy_repository
 
 POLL_S = 1.0  # --file_system_poll_wait_seconds
 NUM_WORKERS = 2  # per protocol: 2 gRPC and 2 REST workers
@@ -31,50 +30,25 @@ LOAD_DEADLINE_S = 120.0  # no load thread outlives this, whatever happens
 WAIT_S = 60.0
 
 
-class Load:
+class Load(BackgroundLoad):
     """Client threads predicting over TF Serving REST, V2 REST and TF Serving gRPC until stopped.
 
     Records every failure and, for the APIs that report it, the version of each answer."""
 
     def __init__(self, server) -> None:
-        self.stop = threading.Event()
-        self.failures: list[tuple[str, str]] = []
-        self.answers: list[tuple[float, float, int]] = []  # (sent, answered, version): monotonic
-        self.count = 0
-        self.images = np.random.default_rng(5).random((1, *INPUT_SHAPE), dtype=np.float32)
-        clients = {
+        super().__init__({
             "rest": lambda: connect(rest=server.rest_url),
             "rest-v2": lambda: connect(rest=server.rest_url, protocol="v2"),
             "grpc": lambda: connect(grpc=server.grpc_target),
-        }
-        self.threads = [
-            threading.Thread(target=self._loop, args=(name, make), daemon=True)
-            for name, make in clients.items()
-        ]
+        }, LOAD_DEADLINE_S)
+        self.answers: list[tuple[float, float, int]] = []  # (sent, answered, version): monotonic
+        self.images = np.random.default_rng(5).random((1, *INPUT_SHAPE), dtype=np.float32)
 
-    def _loop(self, name: str, make_client) -> None:
-        deadline = time.monotonic() + LOAD_DEADLINE_S
-        with make_client() as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                sent = time.monotonic()
-                try:
-                    prediction = client.predict(self.images)
-                except Exception as exc:  # every failure counts, whatever its type
-                    self.failures.append((name, repr(exc)))
-                else:
-                    if prediction.model_version is not None:
-                        self.answers.append((sent, time.monotonic(), prediction.model_version))
-                self.count += 1
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
+    def request(self, name: str, client) -> None:
+        sent = time.monotonic()
+        prediction = client.predict(self.images)
+        if prediction.model_version is not None:
+            self.answers.append((sent, time.monotonic(), prediction.model_version))
 
 
 def served_by_worker(rest_url: str) -> dict[str, set[int]]:
