@@ -1,5 +1,7 @@
-"""The shipped model (pretrained/lenet5): its files are the ones its card hashes, and served by
-the real server it scores at least the card's test accuracy on MNIST's 10,000 test images."""
+"""The shipped models (pretrained/models.config: lenet5, and the committee lenet5-ensemble): each
+one's files are the ones its card hashes, and served by the real server as ``make serve`` serves
+them (the config file) each scores at least its card's test accuracy on MNIST's 10,000 test
+images."""
 
 from __future__ import annotations
 
@@ -13,52 +15,71 @@ import pytest
 
 import contract
 from client.api import connect
+from client.base import ModelSpec
+from contract import model_config
 from contract.mnist import load_split, to_model_input
 from tests.integration.conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAINED = ROOT / "pretrained" / contract.MODEL_NAME
+MODELS_CONFIG = ROOT / "pretrained" / "models.config"
+SHIPPED = {entry.name: Path(entry.base_path) for entry in model_config.read_file(MODELS_CONFIG)}
+ENSEMBLE = "lenet5-ensemble"
 REQUESTS = ROOT / "docs" / "requests"
 TOLERANCE = 0.0005  # 0.05 points: the server's ONNX model against the card's Keras figure
 
 
-def _card() -> tuple[Path, dict]:
-    versions = contract.model_versions(PRETRAINED)
+def _card(name: str) -> tuple[Path, dict]:
+    versions = contract.model_versions(SHIPPED[name])
     assert versions == [1], f"the shipped repository holds one version, found {versions}"
-    version_dir = contract.version_path(PRETRAINED, 1)
+    version_dir = contract.version_path(SHIPPED[name], 1)
     return version_dir, json.loads((version_dir / contract.MODEL_CARD_FILENAME).read_text())
 
 
-def test_shipped_files_match_their_card():
-    version_dir, card = _card()
+def test_the_shipped_config_serves_the_single_model_and_the_committee():
+    assert list(SHIPPED) == [contract.MODEL_NAME, ENSEMBLE]
+    assert SHIPPED[contract.MODEL_NAME] == PRETRAINED
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_files_match_their_card(name: str):
+    version_dir, card = _card(name)
     on_disk = {str(p.relative_to(version_dir)) for p in version_dir.rglob("*") if p.is_file()}
     assert on_disk == set(card["files"]) | {contract.MODEL_CARD_FILENAME}
-    for name, digest in card["files"].items():
-        assert hashlib.sha256((version_dir / name).read_bytes()).hexdigest() == digest, name
-    assert card["grid"] == "training/grids/lab.toml" and card["selection"] == "highest validation accuracy"
+    for file, digest in card["files"].items():
+        assert hashlib.sha256((version_dir / file).read_bytes()).hexdigest() == digest, file
     assert card["parity"]["passed"] and card["parity"]["images"] == 10_000
     assert set(card["data_checksums"]) == set(contract.mnist.FILES)
-    assert card["reproduce"][0].startswith("python -m training run --grid lab --index ")
-    size = sum((version_dir / name).stat().st_size for name in card["files"])
-    assert size < 1.5e6, f"the shipped model should stay small, it is {size / 1e6:.2f} MB"
+    if name == ENSEMBLE:  # chosen on validation among the ensemble grid's runs, every one listed
+        assert card["ensemble"] == ENSEMBLE and card["grid"] == "training/grids/ensemble.toml"
+        assert len(card["members"]) == card["k"] and not card["missing"]
+        assert [m["rank"] for m in card["members"]] == list(range(1, card["k"] + 1))
+        assert all(m["config_verified"] and m["config_digest"] for m in card["members"])
+        assert card["reproduce"][-1].startswith("python -m training export --grid ensemble --ensemble ")
+    else:
+        assert card["grid"] == "training/grids/lab.toml"
+        assert card["selection"] == "highest validation accuracy"
+        assert card["reproduce"][0].startswith("python -m training run --grid lab --index ")
+        size = sum((version_dir / file).stat().st_size for file in card["files"])
+        assert size < 1.5e6, f"the shipped model should stay small, it is {size / 1e6:.2f} MB"
 
 
 @pytest.mark.slow
-def test_served_shipped_model_scores_its_cards_test_accuracy(mnist_dir, tmp_path):
-    _, card = _card()
+def test_served_shipped_models_score_their_cards_test_accuracy(mnist_dir, tmp_path):
     images, labels = load_split("t10k", str(mnist_dir))
-    server = start_server(PRETRAINED, tmp_path / "server.log")
+    server = start_server(None, tmp_path / "server.log", model_config_file=MODELS_CONFIG)
     try:
-        digits = []
-        with connect(grpc=server.grpc_target, timeout=60) as client:
-            for start in range(0, len(images), 1000):
-                prediction = client.predict(to_model_input(images[start:start + 1000]))
-                assert prediction.model_version == 1
-                digits.append(prediction.digits)
+        for name in SHIPPED:
+            digits = []
+            with connect(grpc=server.grpc_target, spec=ModelSpec(name=name), timeout=60) as client:
+                for start in range(0, len(images), 1000):
+                    prediction = client.predict(to_model_input(images[start:start + 1000]))
+                    assert prediction.model_version == 1
+                    digits.append(prediction.digits)
+            accuracy = float(np.mean(np.concatenate(digits) == labels))
+            assert accuracy >= _card(name)[1]["metrics"]["test_accuracy"] - TOLERANCE, (name, accuracy)
     finally:
         server.stop()
-    accuracy = float(np.mean(np.concatenate(digits) == labels))
-    assert accuracy >= card["metrics"]["test_accuracy"] - TOLERANCE, accuracy
 
 
 def _post(url: str, path: Path) -> dict:
