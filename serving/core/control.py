@@ -213,11 +213,16 @@ class ModelControl:
     def _watch(self) -> None:
         # The generation decides, not the file's mtime or inode: two writes within one clock
         # tick, with a reused inode, would look unchanged. The read is a few hundred bytes.
+        failing = ""  # the last failure logged: a persistent one is logged once, retried each poll
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.sync()
-            except Exception:  # a bad read must not end the watch; the next poll retries
-                logger.exception("applying the desired models failed")
+                failing = ""
+            except Exception as exc:  # a bad read must not end the watch; the next poll retries
+                if repr(exc) != failing:
+                    logger.exception("applying the desired models failed (retried every %g s)",
+                                     self.poll_seconds)
+                failing = repr(exc)
 
     def sync(self) -> DesiredModels:
         """Apply the store's generation if it is newer than this worker's."""
