@@ -78,17 +78,23 @@ class StartedServer:
 
     def stop(self) -> int:
         """SIGTERM (the server drains and exits), SIGKILL if it overruns; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("server %d did not stop within %.0f s; killing it", self.pid, STOP_TIMEOUT_S)
-                for child in psutil.Process(self.pid).children(recursive=True):
-                    child.kill()
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, STOP_TIMEOUT_S, "server")
+
+
+def stop_process(process: subprocess.Popen, timeout: float, what: str) -> int:
+    """SIGTERM ``process``, then SIGKILL it and its children if it outlives ``timeout``; its exit
+    status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s %d did not stop within %.0f s; killing it", what, process.pid, timeout)
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def start_server(

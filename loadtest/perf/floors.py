@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import contract
 from contract import model_config, v2
 from loadtest.perf.floor_server import Reply, Routes, write_routes
 from loadtest.perf.multiples import GRPC, WSGI, floor_label
-from loadtest.server import free_port
+from loadtest.server import free_port, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -169,15 +168,7 @@ class FloorServer:
 
     def stop(self) -> int:
         """SIGTERM (granian stops its worker), SIGKILL if it overruns; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("floor server %d did not stop; killing it", self.pid)
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, STOP_TIMEOUT_S, "floor server")
 
 
 def start_floor(
