@@ -136,7 +136,7 @@ class IndexRow:
 # --- The models a server serves (TF Serving's ModelConfig, as plain values) -------------------------
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # safe in a URL path
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
-_POLICY = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")
+VERSION_POLICY_PATTERN = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class ModelEntry:
             )
         if not self.base_path:
             raise InvalidArgument(f"model {self.name!r} has no base_path")
-        if not _POLICY.match(self.policy):
+        if not VERSION_POLICY_PATTERN.match(self.policy):
             raise InvalidArgument(
                 f"model {self.name!r}: version policy {self.policy!r} is not latest:N, all or "
                 "specific:V1,V2"

@@ -2,9 +2,10 @@
 
 Usage: python scripts/model_cost.py pretrained/lenet5/1 pretrained/lenet5-ensemble/1 [--rounds 7]
 
-Each model's ``model.onnx`` in its own session with one intra-op thread (as a server worker
-runs it), the MNIST-shaped input of zeros; rounds interleave the models so that drift in the
-machine's load falls on all of them; medians printed, with each one's ratio to the first model.
+Each model's ``model.onnx`` in a session as the perf harness's ONNX Runtime floor builds it
+(``loadtest.perf.ort_floor``: one intra-op thread, as a server worker runs it), the MNIST-shaped
+input of zeros, wall time per call; rounds interleave the models so that drift in the machine's
+load falls on all of them; medians printed, with each one's ratio to the first model.
 """
 
 from __future__ import annotations
@@ -12,32 +13,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from contract import INPUT_NAME, INPUT_SHAPE, ONNX_FILENAME
+from contract import INPUT_SHAPE, ONNX_FILENAME
+from loadtest.perf.ort_floor import per_call_us, session
 
 BATCHES = (1, 64)
 
 
-def _session(directory: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(directory / ONNX_FILENAME), options, providers=["CPUExecutionProvider"])
-
-
 def _per_image_us(session: ort.InferenceSession, batch: int, seconds: float) -> float:
     images = np.zeros((batch, *INPUT_SHAPE), np.float32)
-    session.run(None, {INPUT_NAME: images})
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(None, {INPUT_NAME: images})
-        calls += 1
-    return (time.perf_counter() - start) / (calls * batch) * 1e6
+    return per_call_us(session, images, seconds)[1] / batch  # wall: one thread computes
 
 
 def main() -> int:
@@ -46,7 +35,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=1.0, help="per model, batch and round")
     args = parser.parse_args()
-    sessions = {str(v): _session(v) for v in args.versions}
+    sessions = {str(v): session(v / ONNX_FILENAME) for v in args.versions}
     samples: dict[tuple[str, int], list[float]] = {(m, b): [] for m in sessions for b in BATCHES}
     for index in range(args.rounds):
         order = list(sessions) if index % 2 == 0 else list(sessions)[::-1]

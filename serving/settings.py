@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract import DEFAULT_MODEL_BASE_PATH, GRPC_PORT, MODEL_NAME, REST_PORT
+from contract.types import VERSION_POLICY_PATTERN
 
 ENV_PREFIX = "SERVING_"
 # What the supervisor hands to every worker process through the environment (not flags):
@@ -38,7 +39,6 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the directory where all processes'
 CONTROL_NONE = "none"  # --model_control_mode: the models change only with the config file
 CONTROL_EXPLICIT = "explicit"  # ... and through the runtime APIs (reload, load, unload)
 STATE_DIR_ENV = "SERVING_STATE_DIR"  # the directory of the desired models (serving.core.control)
-_POLICY = re.compile(r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$")
 _LABELS = re.compile(r"^([A-Za-z0-9_.-]+=[0-9]+)(,[A-Za-z0-9_.-]+=[0-9]+)*$")
 
 
@@ -279,7 +279,7 @@ def _model_problems(settings: Settings) -> list[str]:
     problems = []
     if not settings.model_name:
         problems.append("--model_name must not be empty")
-    if not _POLICY.match(settings.model_version_policy):
+    if not VERSION_POLICY_PATTERN.match(settings.model_version_policy):
         problems.append("--model_version_policy must be latest:N, all or specific:V1,V2")
     if settings.version_labels and not _LABELS.match(settings.version_labels):
         problems.append("--version_labels must look like stable=1,canary=2")
