@@ -81,22 +81,37 @@ class FastPredict:
             V2: RequestObserver("rest", access_log, protocol="v2"),
         }
 
-    def _route(self, environ: dict) -> ModelRoute | None:
-        """The predict or infer route this middleware answers; None to leave it to Flask."""
-        if environ.get("REQUEST_METHOD") != "POST":
-            return None
-        length = environ.get("CONTENT_LENGTH", "")
+    def route(
+        self, method: str, path: str, length: str | None, *, chunked: bool, encoded: bool
+    ) -> ModelRoute | None:
+        """The predict or infer route this path answers; None to leave the request to Flask.
+
+        ``length`` is the declared ``Content-Length`` (None: none), ``chunked`` whether the body
+        comes with a ``Transfer-Encoding``, ``encoded`` whether it has a ``Content-Encoding``.
+        """
         if (
-            environ.get("SCRIPT_NAME")
-            or "HTTP_TRANSFER_ENCODING" in environ
+            method != "POST"
+            or chunked
+            or length is None
             or not _LENGTH.fullmatch(length)
             or int(length) > self.max_request_bytes
         ):
             return None
-        route = posted_route(environ.get("PATH_INFO", ""))
-        if route is None or (route.protocol == V2 and "HTTP_CONTENT_ENCODING" in environ):
+        route = posted_route(path)
+        if route is None or (route.protocol == V2 and encoded):
             return None
         return route
+
+    def _route(self, environ: dict) -> ModelRoute | None:
+        if environ.get("SCRIPT_NAME"):
+            return None
+        return self.route(
+            environ.get("REQUEST_METHOD", ""),
+            environ.get("PATH_INFO", ""),
+            environ.get("CONTENT_LENGTH"),
+            chunked="HTTP_TRANSFER_ENCODING" in environ,
+            encoded="HTTP_CONTENT_ENCODING" in environ,
+        )
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         route = self._route(environ)
@@ -108,9 +123,27 @@ class FastPredict:
         if len(body) != size:  # the client sent less: werkzeug words that error, as always
             environ["wsgi.input"] = io.BytesIO(body)
             return self.app(environ, start_response)
-        path = environ["PATH_INFO"]
+        status, headers, payload = self.serve(
+            route, body, environ["PATH_INFO"], environ.get(_HEADER_LENGTH_ENVIRON), started
+        )
+        start_response(status_line(status), headers)
+        return [payload]
+
+    def serve(
+        self,
+        route: ModelRoute,
+        body: bytes,
+        path: str,
+        header_length: str | None = None,
+        started: float | None = None,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """(status, headers, payload) answering the whole ``body`` POSTed to ``route``, observed
+        once. ``header_length``: V2's binary-extension header, as sent; ``started``: when the
+        request arrived (``time.perf_counter()``; default now)."""
+        if started is None:
+            started = time.perf_counter()
         try:
-            payload, headers = self._answer(route, body, environ)
+            payload, headers = self._answer(route, body, header_length)
             code, status = Code.OK, 200
         except Exception as exc:
             code, status, payload = translate(exc, "POST", path, self.max_request_bytes)
@@ -118,14 +151,21 @@ class FastPredict:
         self.observers[route.protocol].finished(
             route.operation, code, time.perf_counter() - started, method="POST", path=path, status=status
         )
-        start_response(status_line(status), headers)
-        return [payload]
+        return status, headers, payload
 
-    def _answer(self, route: ModelRoute, body: bytes, environ: dict) -> tuple[bytes, list[tuple[str, str]]]:
+    def _answer(
+        self, route: ModelRoute, body: bytes, header_length: str | None
+    ) -> tuple[bytes, list[tuple[str, str]]]:
         if route.protocol == TFSERVING:
             payload = tfserving_routes.predict(self.dataplane, route, body, self.timeout_seconds)
             return payload, json_headers(payload)
-        headers = (None, environ.get(_HEADER_LENGTH_ENVIRON))
+        headers = (None, header_length)
         return v2_routes.infer(
             self.dataplane, route, body, headers, (self.max_request_bytes, self.timeout_seconds)
         )
+
+
+def fast_path_of(app: Any) -> FastPredict | None:
+    """The fast path installed in front of a Flask app by ``create_app``, if any."""
+    fast = getattr(app, "wsgi_app", None)
+    return fast if isinstance(fast, FastPredict) else None

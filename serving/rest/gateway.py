@@ -14,6 +14,11 @@ answers 413 from the declared length and the connection is closed. Headers are b
 granian (``--rest_api_header_timeout_in_ms``) and open connections per worker by its
 backpressure (``--rest_api_max_connections``); see ``serving.process.workers``.
 
+The common predict and infer requests (``serving.rest.fast_path``: a POST with a declared length
+to a plain predict or infer path) skip WSGI altogether: once their body is in, the fast path's
+``serve`` answers them from the body and the few headers it needs, the same bytes the WSGI app
+would give, without building a WSGI environ, a ``start_response`` or Flask's ``__call__``.
+
 Threads: with ``--rest_api_num_threads`` 1 (the default) the app runs on the loop's thread, one
 request at a time, as granian's single WSGI thread did, without a hand-off; with more, on a pool
 of that many threads (what a batching worker needs to have several requests in flight).
@@ -34,6 +39,8 @@ from typing import Any
 import orjson
 from granian.rsgi import ProtocolClosed, ProtocolError
 
+from contract import v2
+from serving.rest.fast_path import fast_path_of
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,12 +50,19 @@ Response = tuple[int, list[tuple[str, str]], bytes]
 _CLOSE = ("connection", "close")
 DRAIN_BODY_S = 1.0  # on SIGTERM, what a request still sending its body has left
 _LOG_EVERY_S = 10.0  # at most one line per window about timed-out bodies (a flood stays quiet)
+_HEADER_LENGTH = v2.HEADER_CONTENT_LENGTH.lower()  # V2's binary-extension header
 
 
 def _split_address(address: str) -> tuple[str, str]:
     """``"127.0.0.1:8501"`` or ``"[::1]:8501"`` -> (host, port)."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), port
+
+
+def _joined(headers: Any, name: str) -> str | None:
+    """A header's values as a WSGI environ holds them (joined by commas), None if absent."""
+    values = headers.get_all(name)
+    return ",".join(values) if values else None
 
 
 class RSGIGateway:
@@ -63,6 +77,7 @@ class RSGIGateway:
         threads: int = Settings.rest_api_num_threads,
     ) -> None:
         self.app = app
+        self.fast = fast_path_of(app)  # the predict and infer routes, served without WSGI
         self.body_timeout_seconds = body_timeout_seconds
         self.max_body_bytes = max_body_bytes
         self._pool = ThreadPoolExecutor(threads, "rest-app") if threads > 1 else None
@@ -122,16 +137,34 @@ class RSGIGateway:
             self._body_timed_out(scope)
             protocol.response_bytes(408, [("content-type", "application/json"), _CLOSE], self._408)
             return
-        environ = self._environ(scope, headers, body)
+        call, args = self._handler(scope, headers, body, whole)
         if self._pool is None:
-            status, response_headers, payload = self._call(environ)
+            status, response_headers, payload = call(*args)
         else:
             status, response_headers, payload = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._call, environ
+                self._pool, call, *args
             )
         if not whole:  # the body was refused part-read: the connection cannot be reused
             response_headers.append(_CLOSE)
         protocol.response_bytes(status, response_headers, payload)
+
+    def _handler(
+        self, scope: Any, headers: Any, body: bytes, whole: bool
+    ) -> tuple[Callable[..., Response], tuple[Any, ...]]:
+        """What answers the request, and its arguments: the fast path for a whole body it
+        serves (one ``Content-Length``, all of it received), else the WSGI app."""
+        if self.fast is not None and whole:
+            lengths = headers.get_all("content-length")
+            route = self.fast.route(
+                scope.method,
+                scope.path,
+                lengths[0] if len(lengths) == 1 else None,
+                chunked="transfer-encoding" in headers,
+                encoded="content-encoding" in headers,
+            )
+            if route is not None and len(body) == int(lengths[0]):
+                return self.fast.serve, (route, body, scope.path, _joined(headers, _HEADER_LENGTH))
+        return self._call, (self._environ(scope, headers, body),)
 
     # --- the body, under the deadline -----------------------------------------------------------
     async def _read_body(self, scope: Any, protocol: Any, headers: Any) -> tuple[bytes, bool]:

@@ -28,6 +28,9 @@ class Headers:
     def get(self, key: str, default: Any = None) -> Any:
         return next((v for k, v in self.pairs if k == key), default)
 
+    def get_all(self, key: str) -> list[str]:
+        return [v for k, v in self.pairs if k == key]
+
     def items(self) -> list[tuple[str, str]]:
         return list(self.pairs)
 
