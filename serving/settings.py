@@ -139,6 +139,13 @@ class Settings:
     grpc_max_threads: int = field(
         default=4, metadata={"help": "request threads per gRPC worker process"}
     )
+    cpu_affinity: bool = field(
+        default=False,
+        metadata={
+            "help": "pin each worker process to one CPU (REST and gRPC worker i share CPU i of the "
+            "allowed set): fewer cross-core wake-ups, for CPUs the server has to itself"
+        },
+    )
     tensorflow_intra_op_parallelism: int = field(
         default=1,
         metadata={"help": "ONNX Runtime intra-op threads per worker (the workers already use every core)"},

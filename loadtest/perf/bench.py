@@ -68,6 +68,7 @@ from loadtest.perf import multiples
 from loadtest.perf.floors import (
     FloorServer,
     capture,
+    floor_cpu,
     floor_threads,
     measure_ort,
     rest_interface,
@@ -535,7 +536,7 @@ def start_floors(
         flags = args.server_args if stack != WSGI or interfaces[NEW] == WSGI else baseline_flags(args)
         started.append(
             start_floor(stack, list(exchanges.values()), floor_threads(stack, flags), Path(args.out) / "work",
-                        args.timeout)
+                        args.timeout, floor_cpu(flags))
         )  # fmt: skip
     return {key: len(e.reply.body) for key, e in exchanges.items()}
 
@@ -651,6 +652,12 @@ def _served(args: argparse.Namespace) -> str:
     return args.model_base_path or f"the models of {args.model_config_file}"
 
 
+def _floor_placement(args: argparse.Namespace) -> str:
+    """How the floors were placed: pinned to a CPU when the new server pins its workers."""
+    cpu = floor_cpu(args.server_args)
+    return "" if cpu is None else f"; pinned to CPU {cpu}, as the new server's first worker (--cpu_affinity)"
+
+
 def _header(
     args: argparse.Namespace,
     argv: list[str],
@@ -683,6 +690,7 @@ def _header(
         f"one inter-op thread, {args.duration} s per batch size) before and after the rounds, the "
         "mean used; empty handlers answering our server's own reply bytes (granian RSGI / WSGI "
         "with one worker, grpcio in one process on raw bytes), driven by the same generator "
-        "commands in the same rounds, CPU = their process tree's per answer the generator counted.",
+        "commands in the same rounds, CPU = their process tree's per answer the generator counted"
+        + _floor_placement(args) + ".",
     ]  # fmt: skip
     return "\n".join(lines)

@@ -84,7 +84,11 @@ def _flags(flags: str) -> argparse.Namespace:
     for name, kind in (("rest_api_interface", str), ("rest_api_num_threads", int), ("grpc_max_threads", int)):
         default = os.environ.get(ENV_PREFIX + name.upper(), getattr(Settings, name))
         parser.add_argument(f"--{name}", type=kind, default=kind(default))
-    return parser.parse_known_args(shlex.split(flags))[0]
+    pinned = os.environ.get(ENV_PREFIX + "CPU_AFFINITY", str(Settings.cpu_affinity))
+    parser.add_argument("--cpu_affinity", nargs="?", const="true", default=pinned)
+    parsed = parser.parse_known_args(shlex.split(flags))[0]
+    parsed.cpu_affinity = parsed.cpu_affinity.strip().lower() in {"1", "true", "yes", "on"}
+    return parsed
 
 
 def rest_interface(flags: str) -> str:
@@ -97,6 +101,12 @@ def floor_threads(stack: str, flags: str) -> int:
     threads (``--rest_api_num_threads``), grpcio's pool (``--grpc_max_threads``); RSGI: 1."""
     parsed = _flags(flags)
     return {GRPC: parsed.grpc_max_threads, WSGI: parsed.rest_api_num_threads}.get(stack, 1)
+
+
+def floor_cpu(flags: str) -> int | None:
+    """The CPU a floor runs pinned to when the server run with ``flags`` pins its workers
+    (``--cpu_affinity``: worker 0 on the first allowed CPU), else None (not pinned)."""
+    return min(os.sched_getaffinity(0)) if _flags(flags).cpu_affinity else None
 
 
 # --- one real answer per scenario path ---------------------------------------------------------
@@ -172,10 +182,11 @@ class FloorServer:
 
 
 def start_floor(
-    stack: str, exchanges: list[Exchange], threads: int, work: Path, timeout: float
+    stack: str, exchanges: list[Exchange], threads: int, work: Path, timeout: float, cpu: int | None = None
 ) -> FloorServer:
     """A floor server of ``stack`` answering the exchanges' requests with our server's bytes;
-    returned once it answers every one of them so (RuntimeError if it answers otherwise)."""
+    returned once it answers every one of them so (RuntimeError if it answers otherwise).
+    ``cpu``: every process and thread of the floor pinned to it, as a pinned server's worker."""
     mine = [e for e in exchanges if (e.api == "grpc") == (stack == GRPC)]
     routes: Routes = {e.route: e.reply for e in mine}
     routes_file = work / f"floor-{stack}-routes.json"
@@ -188,7 +199,8 @@ def start_floor(
     log_path = work / f"floor-{stack}.log"
     with open(log_path, "wb") as log_file:  # the child keeps its own handle
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
         )
     floor = FloorServer(stack, process, port, log_path)
     try:

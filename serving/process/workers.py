@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from contract.types import AVAILABLE, ModelEntry
 from serving.observability.logs import configure_logging
+from serving.process.placement import pin_worker
 from serving.settings import STATE_DIR_ENV, Settings
 
 if TYPE_CHECKING:
@@ -135,6 +136,12 @@ def build_dataplane(settings: Settings, role: str) -> DataPlane:
                      strict_readiness=settings.strict_readiness)
 
 
+def _place(settings: Settings, role: str) -> None:
+    """With ``--cpu_affinity``, pin this worker process to its CPU (``serving.process.placement``)."""
+    if settings.cpu_affinity:
+        pin_worker(os.environ[STATE_DIR_ENV], role)
+
+
 def _served(dataplane: DataPlane) -> str:
     """``lenet5 [1], lenet5-ensemble [1]``: each model and its AVAILABLE versions (for the log)."""
     return ", ".join(
@@ -162,6 +169,7 @@ def rest_app() -> RSGIGateway | Flask:
 
     settings = Settings.from_worker_env()
     configure_logging(settings.log_level)
+    _place(settings, "rest")
     dataplane = build_dataplane(settings, "rest")
     app = create_app(
         dataplane,
@@ -242,6 +250,7 @@ def run_grpc_worker(settings: Settings) -> None:
     # Per role, not a cycle: grpcio is a gRPC worker's alone.
     from serving.grpc.server import build_server, set_health
 
+    _place(settings, "grpc")  # before any thread starts: they all inherit the CPU
     dataplane = build_dataplane(settings, "grpc")
     server, health_servicer, _ = build_server(
         dataplane,

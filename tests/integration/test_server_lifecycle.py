@@ -244,6 +244,52 @@ def _rest_ok(server) -> bool:
         return False
 
 
+def _cpus_of(pid: int) -> set[int]:
+    """The CPUs each thread of ``pid`` may run on, merged (one CPU: the whole process is pinned)."""
+    cpus: set[int] = set()
+    for thread in psutil.Process(pid).threads():
+        with contextlib.suppress(ProcessLookupError):
+            cpus |= os.sched_getaffinity(thread.id)
+    return cpus
+
+
+def _worker_cpus(server) -> dict[str, list[set[int]]]:
+    """Every worker's CPUs by role (REST: granian's workers, not its master)."""
+    rest = [p for p in _workers(server, "rest") if _parent(p) != server.pid]
+    return {"rest": [_cpus_of(p) for p in rest], "grpc": [_cpus_of(p) for p in _workers(server, "grpc")]}
+
+
+def test_cpu_affinity_pins_each_worker_to_its_own_cpu_also_after_a_restart(
+    model_base_path: Path, tmp_path: Path, server_factory
+) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    expected = [allowed[0], allowed[1 % len(allowed)]]  # two workers: the first two CPUs
+    repository = copy_repository(model_base_path, tmp_path / "repo" / MODEL_NAME)
+    server = server_factory(repository, "--num_workers", "2", "--cpu_affinity", "true")
+    _wait_for(lambda: all(len(w) == 2 for w in _worker_cpus(server).values()), what="two workers each")
+    for role, workers in _worker_cpus(server).items():
+        # Worker i on CPU i: every thread of a worker on one CPU, the two workers on two.
+        assert sorted(next(iter(cpus)) for cpus in workers) == expected, (role, workers)
+        assert all(len(cpus) == 1 for cpus in workers), (role, workers)
+    assert _rest_ok(server)
+    first, second = _workers(server, "grpc")
+    freed = _cpus_of(first)
+    os.kill(first, signal.SIGKILL)
+    _wait_for(lambda: len(_workers(server, "grpc")) == 2 and first not in _workers(server, "grpc"),
+              what="a new gRPC worker")
+    (new,) = [p for p in _workers(server, "grpc") if p != second]
+    _wait_for(lambda: _cpus_of(new) == freed, what="the new worker on the CPU the dead one left")
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        predict = _grpc_predict(channel)
+        _wait_for(lambda: _try(predict), what="gRPC answering")
+
+
+def test_without_cpu_affinity_workers_run_on_every_allowed_cpu(running_server) -> None:
+    allowed = os.sched_getaffinity(0)
+    for role, workers in _worker_cpus(running_server).items():
+        assert workers and all(cpus == allowed for cpus in workers), (role, workers)
+
+
 def test_sigterm_under_load_drains_without_errors(
     model_base_path: Path, tmp_path: Path, server_factory
 ) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import urllib.error
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from contract import PREDICT_RPC
@@ -171,6 +173,17 @@ def test_a_servers_stacks_from_its_flags(monkeypatch) -> None:
     )
 
 
+def test_floors_are_pinned_as_the_servers_workers_are(monkeypatch) -> None:
+    monkeypatch.delenv("SERVING_CPU_AFFINITY", raising=False)
+    first = min(os.sched_getaffinity(0))
+    assert floors.floor_cpu("--access_log false") is None
+    assert floors.floor_cpu("--cpu_affinity --access_log false") == first
+    assert floors.floor_cpu("--cpu_affinity true") == first
+    assert floors.floor_cpu("--cpu_affinity=false") is None
+    monkeypatch.setenv("SERVING_CPU_AFFINITY", "true")
+    assert floors.floor_cpu("") == first and floors.floor_cpu("--cpu_affinity false") is None
+
+
 def test_the_served_model_file_is_the_newest_version(tmp_path: Path) -> None:
     for version in ("1", "3", "10", "tmp-11"):
         (tmp_path / "m" / version).mkdir(parents=True)
@@ -243,6 +256,19 @@ def test_a_floor_server_answers_the_given_bytes(stack: str, tmp_path: Path) -> N
     finally:
         assert floor.stop() is not None
     assert floor.process.poll() is not None
+
+
+@pytest.mark.slow
+def test_a_pinned_floor_runs_every_thread_on_its_cpu(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    floor = floors.start_floor(RSGI, _exchanges(), 1, tmp_path, timeout=10, cpu=cpu)
+    try:  # granian's master and its worker, every thread of each
+        processes = [psutil.Process(floor.pid), *psutil.Process(floor.pid).children(recursive=True)]
+        assert len(processes) >= 2
+        for process in processes:
+            assert {frozenset(os.sched_getaffinity(t.id)) for t in process.threads()} == {frozenset({cpu})}
+    finally:
+        floor.stop()
 
 
 def test_a_floor_that_answers_otherwise_is_refused(tmp_path: Path) -> None:
