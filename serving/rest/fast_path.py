@@ -13,6 +13,10 @@ It answers what it serves with the blueprints' own handlers (``tfserving_routes.
 observation, so the bytes, status lines (werkzeug's words), headers, metric sample and
 access-log line are those Flask would give: tests/serving/test_rest_fast.py and test_rest_v2.py
 send one corpus through both paths and compare.
+
+The RSGI gateway (``serving.rest.gateway``) asks ``route`` and calls ``serve`` itself, with the
+body it already holds, so those requests never become a WSGI environ at all
+(tests/serving/test_rsgi_fast.py sends both corpora through the gateway with and without it).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -302,3 +303,17 @@ def test_without_a_model_file_the_run_goes_on_without_floors(tmp_path: Path, cap
     assert bench.floors_model(args) == (tmp_path / "2" / "model.onnx", "")
     quick = parser.parse_args(["--model-base-path", str(tmp_path), "--no-floors"])
     assert bench.floors_model(quick) == (None, "--no-floors")
+
+
+@pytest.mark.slow
+def test_the_grpc_cost_breakdown_measures_each_handler(model_base_path: Path, mnist_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/grpc_cost_breakdown.py", "--model-base-path", str(model_base_path),
+         "--mnist-dir", str(mnist_dir), "--variants", "reply,ort,predict", "--connections", "1",
+         "--rounds", "1", "--seconds", "1", "--start-seconds", "3"],
+        capture_output=True, text=True, timeout=180, check=False, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = dict(re.findall(r"^\| (reply|ort|predict) \| (\d+) \|$", done.stdout, re.MULTILINE))
+    assert set(rows) == {"reply", "ort", "predict"} and all(int(v) > 0 for v in rows.values()), done.stdout
+    assert re.search(r"ONNX Runtime alone, in a loop .*: [\d.]+ µs per 1-image call", done.stdout)
