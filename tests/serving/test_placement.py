@@ -45,7 +45,8 @@ def test_every_thread_is_pinned_also_those_started_before() -> None:
     child.start()
     affinities = queue.get(timeout=30)
     child.join(30)
-    assert len(affinities) == 3 and all(cpus == [cpu] for cpus in affinities)
+    # The main thread and ours at least (libraries may start their own after a fork): all pinned.
+    assert len(affinities) >= 3 and all(cpus == [cpu] for cpus in affinities), affinities
 
 
 def _pin_as_worker(state_dir: str, queue: multiprocessing.Queue, done: threading.Event) -> None:
