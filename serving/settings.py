@@ -233,7 +233,8 @@ class Settings:
         return {k: int(v) for k, v in (item.split("=") for item in self.version_labels.split(","))}
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """A boolean flag's or environment variable's value: true/false, 1/0, yes/no, on/off."""
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
@@ -243,7 +244,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def _converter(f: dataclasses.Field) -> Any:
-    return {bool: _parse_bool, int: int, float: float, str: str}[
+    return {bool: parse_bool, int: int, float: float, str: str}[
         {"bool": bool, "int": int, "float": float, "str": str}[f.type]
     ]
 

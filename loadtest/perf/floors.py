@@ -78,17 +78,15 @@ def measure_ort(model: Path, images: np.ndarray, seconds: float, work: Path) -> 
 def _flags(flags: str) -> argparse.Namespace:
     """The flags the floors copy (flag beats environment beats default, as the server reads them)."""
     # Here, not at the top: `python -m loadtest` (Locust's processes too) never loads the server.
-    from serving.settings import ENV_PREFIX, Settings
+    from serving.settings import ENV_PREFIX, Settings, parse_bool
 
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name, kind in (("rest_api_interface", str), ("rest_api_num_threads", int), ("grpc_max_threads", int)):
         default = os.environ.get(ENV_PREFIX + name.upper(), getattr(Settings, name))
         parser.add_argument(f"--{name}", type=kind, default=kind(default))
     pinned = os.environ.get(ENV_PREFIX + "CPU_AFFINITY", str(Settings.cpu_affinity))
-    parser.add_argument("--cpu_affinity", nargs="?", const="true", default=pinned)
-    parsed = parser.parse_known_args(shlex.split(flags))[0]
-    parsed.cpu_affinity = parsed.cpu_affinity.strip().lower() in {"1", "true", "yes", "on"}
-    return parsed
+    parser.add_argument("--cpu_affinity", type=parse_bool, nargs="?", const=True, default=parse_bool(pinned))
+    return parser.parse_known_args(shlex.split(flags))[0]
 
 
 def rest_interface(flags: str) -> str:

@@ -153,7 +153,7 @@ class RSGIGateway:
     ) -> tuple[Callable[..., Response], tuple[Any, ...]]:
         """What answers the request, and its arguments: the fast path for a whole body it
         serves (one ``Content-Length``, all of it received), else the WSGI app."""
-        if self.fast is not None and whole:
+        if self.fast is not None and whole and scope.method == "POST":
             lengths = headers.get_all("content-length")
             route = self.fast.route(
                 scope.method,
