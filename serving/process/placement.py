@@ -54,12 +54,19 @@ def pin_process(cpu: int) -> None:
             pass
 
 
-def pin_worker(state_dir: str | Path, role: str) -> int:
-    """Claim this worker's slot and pin the process to its CPU; returns the CPU."""
+def pin_worker(state_dir: str | Path, role: str) -> int | None:
+    """Claim this worker's slot and pin the process to its CPU; returns the CPU, or None when
+    the system refuses the pinning (the worker then serves unpinned, with a warning: a worker
+    that cannot pin itself still serves)."""
     cpus = sorted(os.sched_getaffinity(0))
     slot, fd = claim_slot(Path(state_dir) / "cpu", role)
     _held.append(fd)
     cpu = cpus[slot % len(cpus)]
-    pin_process(cpu)
+    try:
+        pin_process(cpu)
+    except OSError as exc:
+        logger.warning("%s worker %d could not be pinned to CPU %d (%s); it runs on CPUs %s",
+                       role, slot, cpu, exc, cpus)
+        return None
     logger.info("%s worker %d pinned to CPU %d (of CPUs %s)", role, slot, cpu, cpus)
     return cpu

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
 from pathlib import Path
+
+import pytest
 
 from serving.process.placement import claim_slot, pin_process, pin_worker
 
@@ -71,3 +74,15 @@ def test_workers_take_the_allowed_cpus_in_turn(tmp_path: Path) -> None:
         child.join(30)
     expected = [cpus[i % len(cpus)] for i in range(len(cpus) + 1)]  # one more worker than CPUs
     assert placed == [(cpu, [cpu]) for cpu in expected]
+
+
+def test_a_worker_the_system_will_not_pin_serves_unpinned_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(pid: int, cpus: set[int]) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    with caplog.at_level(logging.WARNING, logger="serving.process.placement"):
+        assert pin_worker(tmp_path, "rest") is None
+    assert "could not be pinned" in caplog.text and "Operation not permitted" in caplog.text
