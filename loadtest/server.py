@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,14 @@ def cpu_seconds(pid: int | None) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def pinned_to(cpu: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning a child process (and every thread it starts) to ``cpu``; None
+    when ``cpu`` is None (not pinned)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
 
 
 def free_port() -> int:

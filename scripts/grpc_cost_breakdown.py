@@ -107,13 +107,12 @@ def _measure(process: subprocess.Popen, port: int, connections: int, seconds: fl
 
 
 def _start(variant: str, args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
-    from loadtest.server import free_port
+    from loadtest.server import free_port, pinned_to
 
     port = free_port()
     command = [sys.executable, __file__, "--serve", variant, "--port", str(port),
                "--model-base-path", str(args.model_base_path), "--busy-us", str(args.busy_us)]  # fmt: skip
-    pin = None if args.cpu is None else (lambda: os.sched_setaffinity(0, {args.cpu}))
-    process = subprocess.Popen(command, preexec_fn=pin, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(command, preexec_fn=pinned_to(args.cpu), stdin=subprocess.DEVNULL)
     time.sleep(args.start_seconds)
     if process.poll() is not None:
         raise RuntimeError(f"the {variant} server exited with status {process.returncode}")
@@ -127,6 +126,7 @@ def _ort_floor(args: argparse.Namespace) -> float:
 
     from contract import ONNX_FILENAME, model_versions, version_path
     from contract.mnist import load_split, to_model_input
+    from loadtest.server import pinned_to
 
     model = version_path(args.model_base_path, model_versions(args.model_base_path)[-1]) / ONNX_FILENAME
     with tempfile.TemporaryDirectory() as work:
@@ -134,8 +134,8 @@ def _ort_floor(args: argparse.Namespace) -> float:
         np.save(digits, to_model_input(load_split("t10k", args.mnist_dir)[0][:64]))
         command = [sys.executable, "-m", "loadtest.perf.ort_floor", str(model), "--images", str(digits),
                    "--seconds", "2"]  # fmt: skip
-        pin = None if args.cpu is None else (lambda: os.sched_setaffinity(0, {args.cpu}))
-        done = subprocess.run(command, capture_output=True, text=True, check=True, preexec_fn=pin, cwd=ROOT)
+        done = subprocess.run(command, capture_output=True, text=True, check=True,
+                              preexec_fn=pinned_to(args.cpu), cwd=ROOT)  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])["b1_call_us"]
 
 

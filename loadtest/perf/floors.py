@@ -34,7 +34,7 @@ import contract
 from contract import model_config, v2
 from loadtest.perf.floor_server import Reply, Routes, write_routes
 from loadtest.perf.multiples import GRPC, WSGI, floor_label
-from loadtest.server import free_port, stop_process
+from loadtest.server import free_port, pinned_to, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def start_floor(
     with open(log_path, "wb") as log_file:  # the child keeps its own handle
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
+            preexec_fn=pinned_to(cpu),
         )
     floor = FloorServer(stack, process, port, log_path)
     try:
