@@ -183,7 +183,7 @@ def test_dead_workers_are_replaced(model_base_path: Path, tmp_path: Path, server
     metrics_dir = Path(psutil.Process(grpc_worker).environ()["PROMETHEUS_MULTIPROC_DIR"])
     assert list(metrics_dir.glob(f"gauge_live*_{grpc_worker}.db"))
     os.kill(grpc_worker, signal.SIGKILL)
-    _wait_for(lambda: workers("grpc") and workers("grpc") != [grpc_worker], what="a new gRPC worker")
+    _wait_for(lambda: [p for p in workers("grpc") if p != grpc_worker], what="a new gRPC worker")
     # The supervisor forgot the dead worker's live gauges (a dead process serves no version).
     _wait_for(
         lambda: not list(metrics_dir.glob(f"gauge_live*_{grpc_worker}.db")),
@@ -275,9 +275,15 @@ def test_cpu_affinity_pins_each_worker_to_its_own_cpu_also_after_a_restart(
     first, second = _workers(server, "grpc")
     freed = _cpus_of(first)
     os.kill(first, signal.SIGKILL)
-    _wait_for(lambda: len(_workers(server, "grpc")) == 2 and first not in _workers(server, "grpc"),
-              what="a new gRPC worker")
-    (new,) = [p for p in _workers(server, "grpc") if p != second]
+    replacements: list[int] = []
+
+    def replaced() -> bool:
+        # One snapshot: the killed worker can still show before it is gone, its successor after.
+        replacements[:] = [p for p in _workers(server, "grpc") if p not in (first, second)]
+        return bool(replacements)
+
+    _wait_for(replaced, what="a new gRPC worker")
+    (new,) = replacements
     _wait_for(lambda: _cpus_of(new) == freed, what="the new worker on the CPU the dead one left")
     with grpc.insecure_channel(server.grpc_target) as channel:
         predict = _grpc_predict(channel)
