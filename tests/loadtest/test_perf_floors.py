@@ -317,3 +317,17 @@ def test_the_grpc_cost_breakdown_measures_each_handler(model_base_path: Path, mn
     rows = dict(re.findall(r"^\| (reply|ort|predict) \| (\d+) \|$", done.stdout, re.MULTILINE))
     assert set(rows) == {"reply", "ort", "predict"} and all(int(v) > 0 for v in rows.values()), done.stdout
     assert re.search(r"ONNX Runtime alone, in a loop .*: [\d.]+ µs per 1-image call", done.stdout)
+
+
+def test_ort_between_calls_measures_every_condition(model_base_path: Path) -> None:
+    (version,) = [p for p in model_base_path.iterdir() if p.name.isdigit()]
+    done = subprocess.run(
+        [sys.executable, "scripts/ort_between_calls.py", str(version), "--rounds", "1", "--calls", "30"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = dict(re.findall(r"^(\S+) +([\d.]+) +[\d.]+ +[\d ]+$", done.stdout, re.MULTILINE))
+    expected = {"loop", "idle-100", "idle-500", "idle-2000", "handoff"} | {
+        f"evict-{kib}" for kib in (256, 1024, 2048, 4096, 16384)}
+    assert set(rows) == expected and all(float(v) > 0 for v in rows.values()), done.stdout
+    assert re.search(r"^loop +[\d.]+ +1\.00 ", done.stdout, re.MULTILINE), done.stdout
